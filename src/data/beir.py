@@ -1,0 +1,149 @@
+"""BEIR-layout datasets: <data_dir>/<name>/{corpus.jsonl, queries.jsonl, qrels/<split>.tsv}."""
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
+BEIR_DATASETS = [
+    "msmarco",
+    "trec-covid",
+    "nfcorpus",
+    "nq",
+    "hotpotqa",
+    "fiqa",
+    "arguana",
+    "webis-touche2020",
+    "cqadupstack",
+    "quora",
+    "dbpedia-entity",
+    "scidocs",
+    "fever",
+    "climate-fever",
+    "scifact",
+]
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and line."""
+
+
+@dataclass
+class BeirDataset:
+    name: str
+    corpus: dict[str, str]  # doc id -> "title text"
+    queries: dict[str, str]  # query id -> text, only those judged in `qrels`
+    qrels: dict[str, dict[str, int]]  # query id -> doc id -> relevance grade
+    split: str
+    doc_ids: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.doc_ids = list(self.corpus)
+
+
+def dataset_dir(data_dir: str | Path, name: str, download: bool = False) -> Path:
+    """The folder of dataset `name`, fetched with BEIR's downloader when missing and allowed."""
+    path = Path(data_dir) / name
+    if (path / "corpus.jsonl").is_file():
+        return path
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    if download and not offline and name in BEIR_DATASETS:
+        from beir import util
+
+        log.info("%s not found under %s; trying BEIR's downloader", name, data_dir)
+        try:
+            return Path(util.download_and_unzip(BEIR_URL.format(name=name), str(data_dir)))
+        except Exception as err:  # any network failure means "offline" here
+            log.warning("download of %s failed: %s", name, err)
+    raise FileNotFoundError(
+        f"dataset {name!r} not found: {path}/corpus.jsonl does not exist. Put the BEIR files "
+        f"(corpus.jsonl, queries.jsonl, qrels/<split>.tsv) there, or point DATA_DIR / paths.data_dir "
+        f"at a folder that holds {name}/ (the shared copy lives in ../shared/data/beir)."
+        + (" Not downloaded: HF_HUB_OFFLINE=1." if download and offline else "")
+    )
+
+
+def _read_jsonl(path: Path, fields: tuple[str, ...]) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
+            missing = [k for k in fields if k not in row]
+            if missing:
+                raise DataError(f"{path}:{line_no}: missing field(s) {', '.join(missing)}")
+            rows.append(row)
+    return rows
+
+
+def load_corpus(path: Path) -> dict[str, str]:
+    rows = _read_jsonl(path, ("_id", "text"))
+    if not rows:
+        raise DataError(f"{path}: the corpus is empty")
+    return {str(r["_id"]): f"{r.get('title') or ''} {r['text']}".strip() for r in rows}
+
+
+def load_queries(path: Path) -> dict[str, str]:
+    return {str(r["_id"]): r["text"] for r in _read_jsonl(path, ("_id", "text"))}
+
+
+def load_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """query id -> doc id -> grade; reads BEIR's header line and CRLF line endings."""
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8", newline=None) as f:
+        for line_no, line in enumerate(f, start=1):
+            parts = line.rstrip("\r\n").split("\t")
+            if line_no == 1 and parts[0] == "query-id":
+                continue
+            if parts == [""]:
+                continue
+            if len(parts) != 3:
+                raise DataError(f"{path}:{line_no}: expected 3 tab-separated fields, got {len(parts)}")
+            try:
+                grade = int(parts[2])
+            except ValueError:
+                raise DataError(f"{path}:{line_no}: score {parts[2]!r} is not an integer") from None
+            qrels.setdefault(parts[0], {})[parts[1]] = grade
+    return qrels
+
+
+def load_beir(data_dir: str | Path, name: str, split: str, download: bool = False) -> BeirDataset:
+    path = dataset_dir(data_dir, name, download)
+    qrels_path = path / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        splits = sorted(p.stem for p in (path / "qrels").glob("*.tsv"))
+        raise FileNotFoundError(f"{qrels_path} does not exist; {name} has the splits: {', '.join(splits)}")
+    corpus = load_corpus(path / "corpus.jsonl")
+    queries = load_queries(path / "queries.jsonl")
+    qrels = load_qrels(qrels_path)
+    for qid, judged in qrels.items():
+        if qid not in queries:
+            raise DataError(f"{qrels_path}: query id {qid!r} is not in {path / 'queries.jsonl'}")
+        unknown = next((d for d in judged if d not in corpus), None)
+        if unknown is not None:
+            raise DataError(f"{qrels_path}: doc id {unknown!r} (query {qid!r}) is not in {path / 'corpus.jsonl'}")
+    return BeirDataset(name, corpus, {q: queries[q] for q in qrels}, qrels, split)
+
+
+def subsample(dataset: BeirDataset, max_queries: int | None, max_docs: int | None) -> BeirDataset:
+    """The first `max_queries` judged queries and a corpus of at most `max_docs` documents that
+    always holds their judged documents, the rest filled in corpus order. Deterministic."""
+    qids = list(dataset.qrels)[:max_queries] if max_queries else list(dataset.qrels)
+    qrels = {q: dataset.qrels[q] for q in qids}
+    if not max_docs:
+        return BeirDataset(dataset.name, dataset.corpus, {q: dataset.queries[q] for q in qids}, qrels, dataset.split)
+    keep = dict.fromkeys(d for q in qids for d in qrels[q])
+    for doc_id in dataset.corpus:
+        if len(keep) >= max_docs:
+            break
+        keep.setdefault(doc_id)
+    corpus = {d: dataset.corpus[d] for d in keep}
+    return BeirDataset(dataset.name, corpus, {q: dataset.queries[q] for q in qids}, qrels, dataset.split)

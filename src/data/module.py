@@ -1,0 +1,111 @@
+"""LightningDataModule serving tokenised (query, G documents, teacher scores) groups."""
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from transformers import PreTrainedTokenizerBase
+
+from src.data.beir import BeirDataset, load_beir, subsample
+from src.data.mining import Group, MiningConfig, load_or_build_groups
+
+log = logging.getLogger(__name__)
+
+
+class GroupDataset(Dataset):
+    """Texts of each group: (query, [positive, negatives...], teacher scores)."""
+
+    def __init__(self, groups: list[tuple[str, list[str], list[float]]]):
+        self.groups = groups
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int) -> tuple[str, list[str], list[float]]:
+        return self.groups[i]
+
+
+class GroupCollator:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, query_max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.query_max_length = query_max_length
+
+    def __call__(self, batch: list[tuple[str, list[str], list[float]]]) -> dict[str, torch.Tensor]:
+        queries, docs, scores = zip(*batch, strict=True)
+        q = self.tokenizer(
+            list(queries), padding=True, truncation=True, max_length=self.query_max_length, return_tensors="pt"
+        )
+        d = self.tokenizer(
+            [t for group in docs for t in group],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return {
+            "query_ids": q["input_ids"],  # (N, Lq)
+            "query_mask": q["attention_mask"],
+            "doc_ids": d["input_ids"],  # (N*G, Ld)
+            "doc_mask": d["attention_mask"],
+            "teacher_scores": torch.tensor(scores, dtype=torch.float32),  # (N, G)
+        }
+
+
+class DistillationDataModule(L.LightningDataModule):
+    """Train splits of BEIR datasets turned into distillation groups (mined once, then cached)."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        data_dir: str,
+        datasets: list[str],
+        split: str,
+        mining: MiningConfig,
+        cache_dir: str,
+        batch_size: int,
+        max_length: int,
+        query_max_length: int,
+        max_queries: int | None = None,
+        num_workers: int = 0,
+        download: bool = False,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.data_dir, self.dataset_names, self.split = data_dir, list(datasets), split
+        self.mining, self.cache_dir = mining, Path(cache_dir)
+        self.batch_size, self.num_workers, self.download, self.seed = batch_size, num_workers, download, seed
+        self.max_queries = max_queries
+        self.collate = GroupCollator(tokenizer, max_length, query_max_length)
+        self.train_set: GroupDataset | None = None
+        self.corpora: list[BeirDataset] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        rows: list[tuple[str, list[str], list[float]]] = []
+        for name in self.dataset_names:
+            # max_queries cuts before mining, so the teacher only scores what is used
+            dataset = subsample(load_beir(self.data_dir, name, self.split, self.download), self.max_queries, None)
+            self.corpora.append(dataset)
+            groups: list[Group] = load_or_build_groups(dataset, self.mining, self.cache_dir)
+            rows += [
+                (dataset.queries[g.query_id], [dataset.corpus[d] for d in g.doc_ids], g.teacher_scores) for g in groups
+            ]
+            log.info("%s/%s: %d training groups", name, self.split, len(groups))
+        self.train_set = GroupDataset(rows)
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            generator=generator,
+        )

@@ -1,0 +1,60 @@
+import pytest
+
+from src.data import mining
+from src.data.beir import DataError, load_beir, load_corpus, load_qrels, subsample
+from src.data.mining import MiningConfig, load_or_build_groups, sample_groups
+
+
+def test_real_scifact_splits_load_with_crlf_qrels(data_dir):
+    assert (data_dir / "scifact" / "qrels" / "test.tsv").read_bytes().count(b"\r\n") > 300
+    test = load_beir(data_dir, "scifact", "test")
+    assert (len(test.corpus), len(test.queries), sum(map(len, test.qrels.values()))) == (5183, 300, 339)
+    assert all(not d.endswith("\r") for judged in test.qrels.values() for d in judged)
+
+
+def test_subsample_keeps_judged_documents(data_dir):
+    small = subsample(load_beir(data_dir, "scifact", "test"), 50, 1000)
+    assert len(small.queries) == 50 and len(small.corpus) == 1000
+    assert all(d in small.corpus for judged in small.qrels.values() for d in judged)
+
+
+def test_bad_lines_name_file_and_line(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"_id": "1", "text": "ok"}\n{"_id": "2", "text": \n')
+    with pytest.raises(DataError, match=r"corpus.jsonl:2: not valid JSON"):
+        load_corpus(corpus)
+    corpus.write_text('{"_id": "1", "title": "no text"}\n')
+    with pytest.raises(DataError, match=r"corpus.jsonl:1: missing field\(s\) text"):
+        load_corpus(corpus)
+    qrels = tmp_path / "test.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\r\nq1\td1\t1\r\nq2\td2\r\n")
+    with pytest.raises(DataError, match=r"test.tsv:3: expected 3 tab-separated fields"):
+        load_qrels(qrels)
+
+
+def test_missing_dataset_says_where_to_put_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nosuchset.*corpus.jsonl does not exist.*DATA_DIR"):
+        load_beir(tmp_path, "nosuchset", "test")
+
+
+def test_mined_groups_have_judged_positive_and_unjudged_negatives(data_dir):
+    train = load_beir(data_dir, "scifact", "train")
+    groups, counts = sample_groups(train, MiningConfig(group_size=3, seed=1))
+    assert counts["groups"] == len(groups) == 809
+    for qid, doc_ids in groups:
+        assert len(doc_ids) == 3 and train.qrels[qid].get(doc_ids[0], 0) > 0
+        assert not any(d in train.qrels[qid] for d in doc_ids[1:])
+    assert sample_groups(train, MiningConfig(group_size=3, seed=1))[0] == groups  # deterministic
+
+
+def test_teacher_prefers_positives_and_cache_is_reused(data_dir, cache_dir, monkeypatch):
+    train = subsample(load_beir(data_dir, "scifact", "train"), 96, None)
+    groups = load_or_build_groups(train, MiningConfig(), cache_dir)
+    first = sum(g.teacher_scores[0] > g.teacher_scores[1] for g in groups) / len(groups)
+    assert first > 0.75, f"the splade-tiny teacher ranks the positive first for only {first:.0%} of groups"
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher ran again although the groups were cached")
+
+    monkeypatch.setattr(mining, "SiameseTeacher", no_teacher)
+    assert load_or_build_groups(train, MiningConfig(), cache_dir) == groups
