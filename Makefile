@@ -1,0 +1,52 @@
+# make train: set up .venv and train + evaluate the cpu-small default.  make test: set up and run the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Offline by default: nothing downloads from a model hub, W&B writes offline runs for `wandb sync`.
+# Set a variable in the environment to override it; an empty value counts as unset.
+ifeq ($(strip $(HF_HUB_OFFLINE)),)
+HF_HUB_OFFLINE := 1
+endif
+ifeq ($(strip $(TRANSFORMERS_OFFLINE)),)
+TRANSFORMERS_OFFLINE := 1
+endif
+ifeq ($(strip $(WANDB_MODE)),)
+WANDB_MODE := offline
+endif
+ifeq ($(strip $(DATA_DIR)),)
+DATA_DIR := $(abspath ../shared/data/beir)
+endif
+export HF_HUB_OFFLINE TRANSFORMERS_OFFLINE WANDB_MODE DATA_DIR
+
+.PHONY: install train test lint format clean
+
+install: $(STAMP)
+
+# torch first and pinned: pip takes the CPU wheel from local disk (an unpinned torch pulls CUDA builds).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Extra Hydra overrides: make train ARGS="activation=log2 mask.t=200"
+train: $(STAMP)
+	$(PY) -m src.train $(ARGS)
+
+test: $(STAMP) lint
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix src tests
+	$(VENV)/bin/ruff format src tests
+
+clean:
+	rm -rf $(VENV) .cache outputs .pytest_cache .ruff_cache

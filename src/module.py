@@ -1,0 +1,68 @@
+"""LightningModule: inference-free sparse retriever trained by distillation + masked FLOPS."""
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from src.encoders import DocEncoder, IdfQueryEncoder
+from src.losses import get_loss
+from src.regularizers import masked_flops
+from src.schedules import lambda_at, threshold_at
+
+
+class SparseRetrieverModule(L.LightningModule):
+    def __init__(self, doc_encoder: DocEncoder, query_encoder: IdfQueryEncoder, cfg: DictConfig):
+        super().__init__()
+        self.doc_encoder = doc_encoder
+        self.query_encoder = query_encoder
+        self.loss_fn = get_loss(cfg.loss.name)
+        self.reg, self.mask, self.optim = cfg.reg, cfg.mask, cfg.optim
+
+    def lambda_now(self) -> float:
+        return lambda_at(self.global_step, self.reg.schedule, self.reg.lambda_d, self.reg.T)
+
+    def threshold_now(self) -> float | None:
+        return threshold_at(self.global_step, self.mask.schedule, self.mask.t, self.mask.t_start, self.mask.T)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        n, g = batch["teacher_scores"].shape
+        q = self.query_encoder(batch["query_ids"], batch["query_mask"])  # (N, V)
+        d = self.doc_encoder(batch["doc_ids"], batch["doc_mask"]).view(n, g, -1)  # (N, G, V)
+        scores = torch.einsum("nv,ngv->ng", q, d)  # (N, G)
+        parts = self.loss_fn(scores, batch["teacher_scores"])
+
+        threshold, lam = self.threshold_now(), self.lambda_now()
+        term_weights = self.query_encoder.idf.detach() if self.reg.idf_weighted else None
+        loss_flops, mask = masked_flops(d, threshold, term_weights)
+        loss = parts["loss_rank"] + lam * loss_flops
+
+        doc_len = (d != 0).sum(-1).float()  # (N, G)
+        self.log_dict(
+            {
+                **{f"train/{name}": value for name, value in parts.items()},
+                "train/loss_flops": loss_flops,
+                "train/loss": loss,
+                "train/lambda": lam,
+                "train/doc_len": doc_len.mean(),
+                "train/masked_frac": 1.0 - mask.mean(),
+            },
+            prog_bar=False,
+            batch_size=n,
+        )
+        if threshold is not None:  # plain FLOPS has no threshold to log
+            self.log("train/threshold", float(threshold), batch_size=n)
+        self.log("doc_len", doc_len.mean(), prog_bar=True, logger=False, batch_size=n)
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        total, warmup = self.trainer.max_steps, self.optim.warmup_steps
+
+        def linear_warmup_decay(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

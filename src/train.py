@@ -1,0 +1,150 @@
+"""Train an inference-free sparse retriever, then evaluate it on BEIR: `python -m src.train`."""
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from src.config import ConfigError, validate
+from src.data.beir import load_beir, subsample
+from src.data.mining import MiningConfig
+from src.data.module import DistillationDataModule
+from src.encoders import DocEncoder, IdfQueryEncoder, compute_idf, load_tokenizer, save_idf
+from src.evaluation import evaluate_inference_free
+from src.io import atomic_write_json
+from src.module import SparseRetrieverModule
+
+log = logging.getLogger(__name__)
+
+
+def _run_config(cfg: DictConfig) -> dict:
+    """The `config` block of results.json: the knobs first, then the whole resolved config."""
+    return {
+        "activation": cfg.activation,
+        "mask_t": cfg.mask.t,
+        "lambda_d": cfg.reg.lambda_d,
+        "T": cfg.reg.T,
+        "model": cfg.model.name_or_path or "splade-tiny (bundled)",
+        "seed": cfg.seed,
+        "loss": cfg.loss.name,
+        "group_size": cfg.data.group_size,
+        "max_steps": cfg.trainer.max_steps,
+        "resolved": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def train(cfg: DictConfig) -> dict:
+    """Trains, evaluates, saves the model and writes results.json; returns its content."""
+    validate(cfg)  # fails on bad keys and missing data before any model is loaded
+    if cfg.paths.output_dir is None:
+        if not HydraConfig.initialized():
+            raise ConfigError("paths.output_dir: set it when calling train() outside the command line")
+        cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
+    output_dir = Path(cfg.paths.output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    mining = MiningConfig(
+        group_size=cfg.data.group_size,
+        negatives_from_top=cfg.data.negatives_from_top,
+        teacher=cfg.data.teacher.name_or_path,
+        teacher_activation=cfg.data.teacher.activation,
+        max_length=cfg.model.max_length,
+        query_max_length=cfg.model.query_max_length,
+        seed=cfg.data.mining_seed,
+    )
+    datamodule = DistillationDataModule(
+        tokenizer,
+        data_dir=cfg.paths.data_dir,
+        datasets=cfg.data.datasets,
+        split=cfg.data.split,
+        mining=mining,
+        cache_dir=cfg.paths.cache_dir,
+        batch_size=cfg.data.batch_size,
+        max_length=cfg.model.max_length,
+        query_max_length=cfg.model.query_max_length,
+        max_queries=cfg.data.max_queries,
+        num_workers=cfg.data.num_workers,
+        download=cfg.data.download,
+        seed=cfg.seed,
+    )
+    datamodule.setup("fit")
+
+    # IDF of the training corpora, frozen unless query.idf_trainable.
+    idf = compute_idf((text for ds in datamodule.corpora for text in ds.corpus.values()), tokenizer)
+    doc_encoder = DocEncoder.from_pretrained(cfg.model.name_or_path, cfg.activation)
+    query_encoder = IdfQueryEncoder(idf, tokenizer.all_special_ids, trainable=cfg.query.idf_trainable)
+    module = SparseRetrieverModule(doc_encoder, query_encoder, cfg)
+
+    logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=logger, default_root_dir=str(output_dir))
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    train_wall = time.perf_counter() - start
+
+    model_dir = output_dir / "model"  # a plain HF folder + idf.json
+    doc_encoder.mlm.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    save_idf(query_encoder.idf.detach(), tokenizer, model_dir / "idf.json")
+
+    evals = {}
+    for name in cfg.eval.datasets:
+        test = subsample(
+            load_beir(cfg.paths.data_dir, name, cfg.eval.split, cfg.data.download),
+            cfg.eval.max_queries,
+            cfg.eval.max_docs,
+        )
+        evals[name] = evaluate_inference_free(
+            doc_encoder, query_encoder, tokenizer, test, max_length=cfg.eval.max_length, top_k=cfg.eval.top_k
+        )
+    results = {
+        "config": _run_config(cfg),
+        "train": {
+            "steps": trainer.global_step,
+            "doc_len": float(trainer.callback_metrics.get("train/doc_len", float("nan"))),
+            "wall_s": round(train_wall, 1),
+        },
+        "eval": evals,
+    }
+    atomic_write_json(output_dir / "results.json", results)
+    if logger:
+        summary = {f"val/{ds}/{metric}": value for ds, block in evals.items() for metric, value in block.items()}
+        summary["eff/flops"] = sum(b["flops"] for b in evals.values()) / max(1, len(evals))
+        summary["eff/doc_len"] = sum(b["doc_len"] for b in evals.values()) / max(1, len(evals))
+        logger.log_metrics(summary, step=trainer.global_step)
+        logger.finalize("success")
+    _print_summary(results, output_dir)
+    return results
+
+
+def _print_summary(results: dict, output_dir: Path) -> None:
+    c = results["config"]
+    lines = [
+        f"\nl0-sparse run: activation={c['activation']} mask.t={c['mask_t']} reg.lambda_d={c['lambda_d']} "
+        f"steps={results['train']['steps']} ({results['train']['wall_s']} s)"
+    ]
+    lines.append(f"{'dataset':<12}{'NDCG@10':>9}{'R@100':>8}{'MRR@10':>8}{'Doc_Len':>9}{'Q_Len':>7}{'FLOPS':>8}")
+    for name, m in results["eval"].items():
+        lines.append(
+            f"{name:<12}{m['ndcg@10']:>9.4f}{m['recall@100']:>8.4f}{m['mrr@10']:>8.4f}"
+            f"{m['doc_len']:>9.1f}{m['q_len']:>7.1f}{m['flops']:>8.3f}"
+        )
+    lines.append(f"results: {output_dir / 'results.json'}")
+    print("\n".join(lines), flush=True)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()

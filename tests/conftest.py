@@ -1,0 +1,33 @@
+import os
+
+# Offline before anything imports transformers or wandb.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ["WANDB_MODE"] = "offline"
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("DATA_DIR", ROOT.parent / "shared" / "data" / "beir"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "scifact" / "corpus.jsonl").is_file():
+        pytest.fail(f"real BEIR data not found at {DATA_DIR}: set DATA_DIR or put ../shared beside the repo")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One mining cache for the whole session, so the teacher runs once per dataset."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def compose_train(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
