@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from transformers import PreTrainedTokenizerBase
 
 from src.config import ConfigError, validate
 from src.data.beir import load_beir, subsample
@@ -38,20 +39,7 @@ def _run_config(cfg: DictConfig) -> dict:
     }
 
 
-def train(cfg: DictConfig) -> dict:
-    """Trains, evaluates, saves the model and writes results.json; returns its content."""
-    validate(cfg)  # fails on bad keys and missing data before any model is loaded
-    if cfg.paths.output_dir is None:
-        if not HydraConfig.initialized():
-            raise ConfigError("paths.output_dir: set it when calling train() outside the command line")
-        cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
-    output_dir = Path(cfg.paths.output_dir).resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.seed, workers=True)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
+def _datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> DistillationDataModule:
     mining = MiningConfig(
         group_size=cfg.data.group_size,
         negatives_from_top=cfg.data.negatives_from_top,
@@ -61,7 +49,7 @@ def train(cfg: DictConfig) -> dict:
         query_max_length=cfg.model.query_max_length,
         seed=cfg.data.mining_seed,
     )
-    datamodule = DistillationDataModule(
+    return DistillationDataModule(
         tokenizer,
         data_dir=cfg.paths.data_dir,
         datasets=cfg.data.datasets,
@@ -76,6 +64,23 @@ def train(cfg: DictConfig) -> dict:
         download=cfg.data.download,
         seed=cfg.seed,
     )
+
+
+def train(cfg: DictConfig) -> dict:
+    """Trains, evaluates, saves the model and writes results.json; returns its content."""
+    validate(cfg)  # fails on bad keys and missing data before any model is loaded
+    if cfg.paths.output_dir is None:
+        if not HydraConfig.initialized():
+            raise ConfigError("paths.output_dir: set it when calling train() outside the command line")
+        cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
+    output_dir = Path(cfg.paths.output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    datamodule = _datamodule(cfg, tokenizer)
     datamodule.setup("fit")
 
     # IDF of the training corpora, frozen unless query.idf_trainable.
@@ -95,16 +100,7 @@ def train(cfg: DictConfig) -> dict:
     tokenizer.save_pretrained(model_dir)
     save_idf(query_encoder.idf.detach(), tokenizer, model_dir / "idf.json")
 
-    evals = {}
-    for name in cfg.eval.datasets:
-        test = subsample(
-            load_beir(cfg.paths.data_dir, name, cfg.eval.split, cfg.data.download),
-            cfg.eval.max_queries,
-            cfg.eval.max_docs,
-        )
-        evals[name] = evaluate_inference_free(
-            doc_encoder, query_encoder, tokenizer, test, max_length=cfg.eval.max_length, top_k=cfg.eval.top_k
-        )
+    evals = {name: _evaluate(cfg, name, doc_encoder, query_encoder, tokenizer) for name in cfg.eval.datasets}
     results = {
         "config": _run_config(cfg),
         "train": {
@@ -121,8 +117,20 @@ def train(cfg: DictConfig) -> dict:
         summary["eff/doc_len"] = sum(b["doc_len"] for b in evals.values()) / max(1, len(evals))
         logger.log_metrics(summary, step=trainer.global_step)
         logger.finalize("success")
+        if hasattr(logger.experiment, "finish"):  # close the W&B run so the offline folder is complete
+            logger.experiment.finish()
     _print_summary(results, output_dir)
     return results
+
+
+def _evaluate(
+    cfg: DictConfig, name: str, doc_encoder: DocEncoder, query_encoder: IdfQueryEncoder, tokenizer
+) -> dict[str, float | int]:
+    test = load_beir(cfg.paths.data_dir, name, cfg.eval.split, cfg.data.download)
+    test = subsample(test, cfg.eval.max_queries, cfg.eval.max_docs)
+    return evaluate_inference_free(
+        doc_encoder, query_encoder, tokenizer, test, max_length=cfg.eval.max_length, top_k=cfg.eval.top_k
+    )
 
 
 def _print_summary(results: dict, output_dir: Path) -> None:
