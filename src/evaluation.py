@@ -1,42 +1,151 @@
-"""BEIR evaluation of an inference-free sparse retriever: exact retrieval over the whole corpus."""
+"""BEIR evaluation of a sparse retriever: exact retrieval over the whole corpus, one code path for
+training's final evaluation and `python -m src.evaluate`."""
 
+import contextlib
 import logging
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from src.data.beir import BeirDataset
 from src.encoders import DocEncoder, IdfQueryEncoder
+from src.index import CorruptIndex, SparseIndex, corpus_fingerprint, fingerprint, model_fingerprint, prune
+from src.io import atomic_write_text
 from src.metrics import ranking_metrics
 from src.retrieval import efficiency, encode_documents, encode_queries, search
 
 log = logging.getLogger(__name__)
+MODES = ("inference_free", "siamese", "bm25")
 
 
-def evaluate_inference_free(
-    doc_encoder: DocEncoder,
-    query_encoder: IdfQueryEncoder,
-    tokenizer: PreTrainedTokenizerBase,
-    dataset: BeirDataset,
-    max_length: int = 512,
-    tokens_per_batch: int = 8192,
-    top_k: int = 1000,
-    progress: bool = True,
-) -> dict[str, float | int]:
-    """The `eval.<dataset>` block of results.json: ranking metrics, efficiency, counts."""
-    start = time.perf_counter()
+@dataclass(frozen=True)
+class EvalSettings:
+    max_length: int = 512  # document tokens (BEIR evaluation length)
+    query_max_length: int = 512  # query tokens; only siamese mode runs queries through the model
+    tokens_per_batch: int = 8192  # padded tokens per encoder batch: bounds the (B, L, V) logits
+    top_k: int = 1000
+    bf16: bool = False  # autocast the encoder; pays off on GPUs and CPUs with AVX512-BF16/AMX only
+    cache_dir: Path | None = None  # encoded corpora are kept here; None re-encodes every time
+    progress: bool = True
+
+
+def _autocast(encoder: DocEncoder, bf16: bool):
+    device = next(encoder.parameters()).device.type
+    return torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def encode_corpus(
+    encoder: DocEncoder, tokenizer: PreTrainedTokenizerBase, dataset: BeirDataset, settings: EvalSettings
+) -> SparseIndex:
+    """The corpus as a sparse index, read from the cache when these weights, activation, length,
+    precision and documents were encoded before."""
     doc_ids = dataset.doc_ids
-    docs = encode_documents(
-        doc_encoder, tokenizer, [dataset.corpus[d] for d in doc_ids], max_length, tokens_per_batch, progress
+    texts = [dataset.corpus[d] for d in doc_ids]
+    key = fingerprint(
+        model_fingerprint(encoder),
+        encoder.activation_name,
+        settings.max_length,
+        settings.bf16,
+        corpus_fingerprint(doc_ids, texts),
     )
+    folder = settings.cache_dir / "encoded" / f"{dataset.name}-{key}" if settings.cache_dir else None
+    if folder is not None and folder.is_dir():
+        try:
+            log.info("%s: encoded corpus from cache %s", dataset.name, folder)
+            return SparseIndex.load(folder)
+        except (CorruptIndex, ValueError, OSError) as err:
+            log.warning("%s: cache entry unusable (%s); encoding again", dataset.name, err)
+    with _autocast(encoder, settings.bf16):
+        matrix = encode_documents(
+            encoder, tokenizer, texts, settings.max_length, settings.tokens_per_batch, settings.progress
+        )
+    meta = {
+        "dataset": dataset.name,
+        "activation": encoder.activation_name,
+        "max_length": settings.max_length,
+        "bf16": settings.bf16,
+    }
+    index = SparseIndex(matrix, doc_ids, meta)
+    if folder is not None:
+        index.save(folder)
+    return index
+
+
+def query_vectors(
+    mode: str,
+    texts: list[str],
+    tokenizer: PreTrainedTokenizerBase,
+    encoder: DocEncoder | None = None,
+    idf: torch.Tensor | None = None,
+    settings: EvalSettings = EvalSettings(),
+):
+    """(num_queries, V) CSR: IDF bag of words (inference_free) or the MLM encoder (siamese)."""
+    if mode == "inference_free":
+        return encode_queries(IdfQueryEncoder(idf, tokenizer.all_special_ids), tokenizer, texts)
+    if mode == "siamese":
+        with _autocast(encoder, settings.bf16):
+            return encode_documents(
+                encoder, tokenizer, texts, settings.query_max_length, settings.tokens_per_batch, progress=False
+            )
+    raise ValueError(f"mode={mode!r} is not one of {', '.join(MODES)}")
+
+
+def evaluate_dataset(
+    dataset: BeirDataset,
+    mode: str = "inference_free",
+    settings: EvalSettings = EvalSettings(),
+    encoder: DocEncoder | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    idf: torch.Tensor | None = None,
+    prune_ratio: float = 0.0,
+) -> tuple[dict[str, float | int | None], dict[str, dict[str, float]]]:
+    """The `eval.<dataset>` block of results.json, and the run (query id -> {doc id: score})."""
+    start = time.perf_counter()
     query_ids = list(dataset.queries)
-    queries = encode_queries(query_encoder, tokenizer, [dataset.queries[q] for q in query_ids])
-    results = search(queries, docs, query_ids, doc_ids, k=top_k)
+    if mode == "bm25":
+        from src.bm25 import bm25_search
+
+        results = bm25_search(dataset, k=settings.top_k, progress=settings.progress)
+        # BM25's terms are stems, not the model's vocabulary: its FLOPS would not be comparable.
+        eff = {"flops": None, "doc_len": None, "q_len": None}
+    else:
+        index = encode_corpus(encoder, tokenizer, dataset, settings)
+        docs = prune(index.matrix, prune_ratio)
+        queries = query_vectors(mode, [dataset.queries[q] for q in query_ids], tokenizer, encoder, idf, settings)
+        results = search(queries, docs, query_ids, dataset.doc_ids, k=settings.top_k)
+        eff = efficiency(queries, docs)
     metrics = {
         **ranking_metrics(dataset.qrels, results),
-        **efficiency(queries, docs),
+        **eff,
         "num_queries": len(query_ids),
-        "num_docs": len(doc_ids),
+        "num_docs": len(dataset.doc_ids),
     }
-    log.info("%s: %s (%.0f s)", dataset.name, metrics, time.perf_counter() - start)
-    return metrics
+    log.info("%s (%s): %s (%.0f s)", dataset.name, mode, metrics, time.perf_counter() - start)
+    return metrics, results
+
+
+def write_trec_run(path: Path, results: dict[str, dict[str, float]], tag: str) -> None:
+    """TREC run format: `qid Q0 docid rank score tag`, best first."""
+    lines = []
+    for qid, hits in results.items():
+        ranked = sorted(hits.items(), key=lambda item: (-item[1], item[0]))
+        lines += [f"{qid} Q0 {doc_id} {rank} {score:.6f} {tag}" for rank, (doc_id, score) in enumerate(ranked, 1)]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def format_table(evals: dict[str, dict]) -> str:
+    """The summary table both entry points print."""
+
+    def num(value: float | None, width: int, digits: int) -> str:
+        return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+    lines = [f"{'dataset':<12}{'NDCG@10':>9}{'R@100':>8}{'MRR@10':>8}{'Doc_Len':>9}{'Q_Len':>7}{'FLOPS':>8}"]
+    for name, m in evals.items():
+        lines.append(
+            f"{name:<12}{num(m['ndcg@10'], 9, 4)}{num(m['recall@100'], 8, 4)}{num(m['mrr@10'], 8, 4)}"
+            f"{num(m['doc_len'], 9, 1)}{num(m['q_len'], 7, 1)}{num(m['flops'], 8, 3)}"
+        )
+    return "\n".join(lines)

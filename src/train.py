@@ -15,8 +15,9 @@ from src.config import ConfigError, validate
 from src.data.beir import load_beir, subsample
 from src.data.mining import MiningConfig
 from src.data.module import DistillationDataModule
-from src.encoders import DocEncoder, IdfQueryEncoder, compute_idf, load_tokenizer, save_idf
-from src.evaluation import evaluate_inference_free
+from src.encoders import DocEncoder, IdfQueryEncoder, compute_idf, load_tokenizer
+from src.evaluation import EvalSettings, evaluate_dataset, format_table
+from src.export import export_model
 from src.io import atomic_write_json
 from src.module import SparseRetrieverModule
 
@@ -95,10 +96,7 @@ def train(cfg: DictConfig) -> dict:
     trainer.fit(module, datamodule=datamodule)
     train_wall = time.perf_counter() - start
 
-    model_dir = output_dir / "model"  # a plain HF folder + idf.json
-    doc_encoder.mlm.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    save_idf(query_encoder.idf.detach(), tokenizer, model_dir / "idf.json")
+    export_model(doc_encoder, tokenizer, query_encoder.idf.detach(), output_dir / "model")
 
     evals = {name: _evaluate(cfg, name, doc_encoder, query_encoder, tokenizer) for name in cfg.eval.datasets}
     results = {
@@ -125,28 +123,22 @@ def train(cfg: DictConfig) -> dict:
 
 def _evaluate(
     cfg: DictConfig, name: str, doc_encoder: DocEncoder, query_encoder: IdfQueryEncoder, tokenizer
-) -> dict[str, float | int]:
+) -> dict[str, float | int | None]:
     test = load_beir(cfg.paths.data_dir, name, cfg.eval.split, cfg.data.download)
     test = subsample(test, cfg.eval.max_queries, cfg.eval.max_docs)
-    return evaluate_inference_free(
-        doc_encoder, query_encoder, tokenizer, test, max_length=cfg.eval.max_length, top_k=cfg.eval.top_k
-    )
+    settings = EvalSettings(max_length=cfg.eval.max_length, top_k=cfg.eval.top_k, cache_dir=Path(cfg.paths.cache_dir))
+    metrics, _ = evaluate_dataset(test, "inference_free", settings, doc_encoder, tokenizer, query_encoder.idf.detach())
+    return metrics
 
 
 def _print_summary(results: dict, output_dir: Path) -> None:
     c = results["config"]
-    lines = [
+    print(
         f"\nl0-sparse run: activation={c['activation']} mask.t={c['mask_t']} reg.lambda_d={c['lambda_d']} "
-        f"steps={results['train']['steps']} ({results['train']['wall_s']} s)"
-    ]
-    lines.append(f"{'dataset':<12}{'NDCG@10':>9}{'R@100':>8}{'MRR@10':>8}{'Doc_Len':>9}{'Q_Len':>7}{'FLOPS':>8}")
-    for name, m in results["eval"].items():
-        lines.append(
-            f"{name:<12}{m['ndcg@10']:>9.4f}{m['recall@100']:>8.4f}{m['mrr@10']:>8.4f}"
-            f"{m['doc_len']:>9.1f}{m['q_len']:>7.1f}{m['flops']:>8.3f}"
-        )
-    lines.append(f"results: {output_dir / 'results.json'}")
-    print("\n".join(lines), flush=True)
+        f"steps={results['train']['steps']} ({results['train']['wall_s']} s)\n"
+        f"{format_table(results['eval'])}\nresults: {output_dir / 'results.json'}",
+        flush=True,
+    )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

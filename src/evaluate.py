@@ -1,0 +1,121 @@
+"""Evaluate any model on BEIR, standalone: `python -m src.evaluate model=RUN_DIR datasets=[scifact,nfcorpus]`."""
+
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from src.activations import get_activation
+from src.config import ConfigError
+from src.data.beir import dataset_dir, load_beir, subsample
+from src.encoders import compute_idf, load_idf
+from src.evaluation import MODES, EvalSettings, evaluate_dataset, format_table, write_trec_run
+from src.export import load_retriever, model_folder
+from src.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+def validate_eval(cfg: DictConfig) -> None:
+    """Everything that can be checked before a model loads, with the key in the message."""
+    if cfg.mode not in MODES:
+        raise ConfigError(f"mode: {cfg.mode!r} is not one of {', '.join(MODES)}")
+    if cfg.activation is not None:
+        try:
+            get_activation(cfg.activation)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    if cfg.prune_ratio is not None and not 0 <= cfg.prune_ratio < 1:
+        raise ConfigError(f"prune_ratio: must be in [0, 1), got {cfg.prune_ratio}")
+    if cfg.idf is not None and not Path(cfg.idf).is_file():
+        raise ConfigError(f"idf: {cfg.idf} does not exist")
+    try:
+        model_folder(cfg.model)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
+    for name in cfg.datasets:
+        try:
+            dataset_dir(cfg.paths.data_dir, name, cfg.download)
+        except FileNotFoundError as err:
+            raise ConfigError(f"datasets / paths.data_dir: {err}") from None
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Evaluates, writes results.json and runs/<dataset>.trec; returns the results."""
+    validate_eval(cfg)
+    if cfg.paths.output_dir is None:
+        if not HydraConfig.initialized():
+            raise ConfigError("paths.output_dir: set it when calling evaluate() outside the command line")
+        cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
+    output_dir = Path(cfg.paths.output_dir).resolve()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+
+    retriever = None if cfg.mode == "bm25" else load_retriever(cfg.model, cfg.activation, cfg.prune_ratio)
+    settings = EvalSettings(
+        max_length=cfg.max_length,
+        query_max_length=cfg.query_max_length,
+        tokens_per_batch=cfg.tokens_per_batch,
+        top_k=cfg.top_k,
+        bf16=cfg.bf16,
+        cache_dir=Path(cfg.paths.cache_dir) if cfg.cache else None,
+    )
+    evals, idf_sources = {}, {}
+    for name in cfg.datasets:
+        dataset = load_beir(cfg.paths.data_dir, name, cfg.split, cfg.download)
+        dataset = subsample(dataset, cfg.max_queries, cfg.max_docs)
+        idf = None
+        if cfg.mode == "inference_free":
+            idf, idf_sources[name] = _query_idf(cfg, retriever, dataset)
+        evals[name], run = evaluate_dataset(
+            dataset,
+            cfg.mode,
+            settings,
+            encoder=retriever and retriever.doc_encoder,
+            tokenizer=retriever and retriever.tokenizer,
+            idf=idf,
+            prune_ratio=retriever.prune_ratio if retriever else 0.0,
+        )
+        write_trec_run(output_dir / "runs" / f"{name}.trec", run, tag=f"l0-sparse-{cfg.mode}")
+
+    results = {
+        "config": {
+            "model": retriever.source if retriever else None,
+            "mode": cfg.mode,
+            "activation": retriever.doc_encoder.activation_name if retriever else None,
+            "prune_ratio": retriever.prune_ratio if retriever else None,
+            "idf": idf_sources or None,
+            "max_length": cfg.max_length,
+            "split": cfg.split,
+            "resolved": OmegaConf.to_container(cfg, resolve=True),
+        },
+        "eval": evals,
+    }
+    atomic_write_json(output_dir / "results.json", results)
+    print(
+        f"\nl0-sparse eval: model={results['config']['model']} mode={cfg.mode}\n{format_table(evals)}\n"
+        f"results: {output_dir / 'results.json'}",
+        flush=True,
+    )
+    return results
+
+
+def _query_idf(cfg: DictConfig, retriever, dataset) -> tuple[torch.Tensor, str]:
+    """The IDF for inference-free queries and where it came from: idf=, the model's idf.json, or the corpus."""
+    if cfg.idf is not None:
+        return load_idf(Path(cfg.idf), retriever.tokenizer), str(cfg.idf)
+    if retriever.idf is not None:
+        return retriever.idf, f"{retriever.source}/idf.json"
+    return compute_idf(dataset.corpus.values(), retriever.tokenizer), f"{dataset.name} corpus"
+
+
+@hydra.main(version_base="1.3", config_path="../conf/tools", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()
