@@ -124,13 +124,13 @@ class SparseIndex:
 def build_index(cfg) -> Path:
     """Encodes one dataset's corpus with a model into `<output_dir>/index`, with the tokenizer and the
     IDF that `python -m src.search` needs to turn typed queries into vectors."""
-    from src.data.beir import load_beir
+    from src.data.beir import load_beir, subsample
     from src.encoders import compute_idf, load_idf, save_idf
     from src.evaluation import EvalSettings, encode_corpus
     from src.export import load_retriever
 
     retriever = load_retriever(cfg.model, cfg.activation, cfg.prune_ratio)
-    dataset = load_beir(cfg.paths.data_dir, cfg.dataset, cfg.split, cfg.download)
+    dataset = subsample(load_beir(cfg.paths.data_dir, cfg.dataset, cfg.split, cfg.download), None, cfg.max_docs)
     settings = EvalSettings(
         max_length=cfg.max_length,
         tokens_per_batch=cfg.tokens_per_batch,
