@@ -21,7 +21,7 @@ DATA_DIR := $(abspath ../shared/data/beir)
 endif
 export HF_HUB_OFFLINE TRANSFORMERS_OFFLINE WANDB_MODE DATA_DIR
 
-.PHONY: install train test lint format clean
+.PHONY: install train test lint format clean bench-retrieval
 
 install: $(STAMP)
 
@@ -41,12 +41,18 @@ test: $(STAMP) lint
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix src tests
-	$(VENV)/bin/ruff format src tests
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
+
+# Exact top-k over a synthetic 1M-document corpus, our search vs a plain scipy product: queries/s and
+# peak memory to benchmarks/results_retrieval.json (~3 min; the corpus is generated once into .cache/).
+# Extra flags: make bench-retrieval ARGS="--k 10 --scipy-queries 200"
+bench-retrieval: $(STAMP)
+	$(PY) benchmarks/retrieval_1m.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache outputs .pytest_cache .ruff_cache
