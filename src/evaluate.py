@@ -74,8 +74,8 @@ def evaluate(cfg: DictConfig) -> dict:
             dataset,
             cfg.mode,
             settings,
-            encoder=retriever and retriever.doc_encoder,
-            tokenizer=retriever and retriever.tokenizer,
+            encoder=retriever.doc_encoder if retriever else None,
+            tokenizer=retriever.tokenizer if retriever else None,
             idf=idf,
             prune_ratio=retriever.prune_ratio if retriever else 0.0,
         )
@@ -96,7 +96,7 @@ def evaluate(cfg: DictConfig) -> dict:
     }
     atomic_write_json(output_dir / "results.json", results)
     print(
-        f"\nl0-sparse eval: model={results['config']['model']} mode={cfg.mode}\n{format_table(evals)}\n"
+        f"\nl0-sparse eval: model={results['config']['model'] or '-'} mode={cfg.mode}\n{format_table(evals)}\n"
         f"results: {output_dir / 'results.json'}",
         flush=True,
     )
