@@ -2,10 +2,12 @@
 
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from src.activations import get_activation
 from src.data.beir import dataset_dir
+from src.export import model_folder
 
 
 class ConfigError(ValueError):
@@ -17,15 +19,40 @@ def _check(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
+def check_activation(name: str) -> None:
+    try:
+        get_activation(name)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def check_model(key: str, source: str | None) -> None:
+    try:
+        model_folder(source)
+    except FileNotFoundError as err:
+        raise ConfigError(f"{key}: {err}") from None
+
+
+def check_datasets(key: str, data_dir: str, names: list[str], download: bool) -> None:
+    for name in names:
+        try:
+            dataset_dir(data_dir, name, download)
+        except FileNotFoundError as err:
+            raise ConfigError(f"{key} / paths.data_dir: {err}") from None
+
+
+def resolve_output_dir(cfg: DictConfig) -> Path:
+    """paths.output_dir, or Hydra's run directory when it is null (and recorded in cfg either way)."""
+    if cfg.paths.output_dir is None:
+        if not HydraConfig.initialized():
+            raise ConfigError("paths.output_dir: set it when calling an entry point outside the command line")
+        cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
+    return Path(cfg.paths.output_dir).resolve()
 
 
 def validate(cfg: DictConfig) -> None:
-    try:
-        get_activation(cfg.activation)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    """The training config."""
+    check_activation(cfg.activation)
     _check(cfg.mask.t is None or cfg.mask.t >= 0, "mask.t", f"must be >= 0 or null, got {cfg.mask.t}")
     _check(cfg.mask.schedule in ("constant", "linear"), "mask.schedule", "must be constant or linear")
     _check(cfg.reg.lambda_d >= 0, "reg.lambda_d", f"must be >= 0, got {cfg.reg.lambda_d}")
@@ -41,16 +68,9 @@ def validate(cfg: DictConfig) -> None:
         f"must be >= 2 (a positive and a negative), got {cfg.data.group_size}",
     )
     _check(cfg.data.batch_size >= 1, "data.batch_size", f"must be >= 1, got {cfg.data.batch_size}")
-    name = cfg.model.name_or_path
-    if name is not None and _looks_like_path(name):
-        _check(Path(name).expanduser().is_dir(), "model.name_or_path", f"folder {name} does not exist")
-    for key in ("data.datasets", "eval.datasets"):
-        group, field = key.split(".")
-        for dataset in cfg[group][field]:
-            try:
-                dataset_dir(cfg.paths.data_dir, dataset, cfg.data.download)
-            except FileNotFoundError as err:
-                raise ConfigError(f"{key} / paths.data_dir: {err}") from None
+    check_model("model.name_or_path", cfg.model.name_or_path)
+    check_datasets("data.datasets", cfg.paths.data_dir, cfg.data.datasets, cfg.data.download)
+    check_datasets("eval.datasets", cfg.paths.data_dir, cfg.eval.datasets, cfg.data.download)
 
 
 # `${project_root:}` in conf/paths: the repository root, wherever the command runs from.

@@ -5,15 +5,13 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from src.activations import get_activation
-from src.config import ConfigError
-from src.data.beir import dataset_dir, load_beir, subsample
+from src.config import ConfigError, check_activation, check_datasets, check_model, resolve_output_dir
+from src.data.beir import load_beir, subsample
 from src.encoders import compute_idf, load_idf
 from src.evaluation import MODES, EvalSettings, evaluate_dataset, format_table, write_trec_run
-from src.export import load_retriever, model_folder
+from src.export import load_retriever
 from src.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -24,33 +22,19 @@ def validate_eval(cfg: DictConfig) -> None:
     if cfg.mode not in MODES:
         raise ConfigError(f"mode: {cfg.mode!r} is not one of {', '.join(MODES)}")
     if cfg.activation is not None:
-        try:
-            get_activation(cfg.activation)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        check_activation(cfg.activation)
     if cfg.prune_ratio is not None and not 0 <= cfg.prune_ratio < 1:
         raise ConfigError(f"prune_ratio: must be in [0, 1), got {cfg.prune_ratio}")
     if cfg.idf is not None and not Path(cfg.idf).is_file():
         raise ConfigError(f"idf: {cfg.idf} does not exist")
-    try:
-        model_folder(cfg.model)
-    except FileNotFoundError as err:
-        raise ConfigError(str(err)) from None
-    for name in cfg.datasets:
-        try:
-            dataset_dir(cfg.paths.data_dir, name, cfg.download)
-        except FileNotFoundError as err:
-            raise ConfigError(f"datasets / paths.data_dir: {err}") from None
+    check_model("model", cfg.model)
+    check_datasets("datasets", cfg.paths.data_dir, cfg.datasets, cfg.download)
 
 
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluates, writes results.json and runs/<dataset>.trec; returns the results."""
     validate_eval(cfg)
-    if cfg.paths.output_dir is None:
-        if not HydraConfig.initialized():
-            raise ConfigError("paths.output_dir: set it when calling evaluate() outside the command line")
-        cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
-    output_dir = Path(cfg.paths.output_dir).resolve()
+    output_dir = resolve_output_dir(cfg)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
 

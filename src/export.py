@@ -59,11 +59,11 @@ def model_folder(source: str | None) -> str | None:
         return str(path / "model")
     if path.is_dir() and not (path / "config.json").is_file():
         raise FileNotFoundError(
-            f"model={source}: a folder, but neither a run directory (results.json + model/) "
+            f"{source} is a folder, but neither a run directory (results.json + model/) "
             "nor a model folder (config.json)"
         )
     if not path.is_dir() and str(source).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model={source}: no such folder")
+        raise FileNotFoundError(f"{source}: no such folder")
     return str(path) if path.is_dir() else str(source)
 
 

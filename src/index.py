@@ -161,14 +161,11 @@ def build_index(cfg) -> Path:
 def main() -> None:
     import hydra
 
-    import src.config  # noqa: F401  (registers the config resolvers)
+    from src.config import resolve_output_dir  # also registers the resolvers conf/tools uses
 
     @hydra.main(version_base="1.3", config_path="../conf/tools", config_name="index")
     def run(cfg) -> None:
-        from hydra.core.hydra_config import HydraConfig
-
-        if cfg.paths.output_dir is None:
-            cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
+        resolve_output_dir(cfg)
         build_index(cfg)
 
     run()

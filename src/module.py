@@ -43,7 +43,6 @@ class SparseRetrieverModule(L.LightningModule):
                 "train/loss_flops": loss_flops,
                 "train/loss": loss,
                 "train/lambda": lam,
-                "train/doc_len": doc_len.mean(),
                 "train/masked_frac": 1.0 - mask.mean(),
             },
             prog_bar=False,
@@ -51,7 +50,7 @@ class SparseRetrieverModule(L.LightningModule):
         )
         if threshold is not None:  # plain FLOPS has no threshold to log
             self.log("train/threshold", float(threshold), batch_size=n)
-        self.log("doc_len", doc_len.mean(), prog_bar=True, logger=False, batch_size=n)
+        self.log("train/doc_len", doc_len.mean(), prog_bar=True, batch_size=n)  # the one number to watch
         return loss
 
     def configure_optimizers(self):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 from src.data.beir import load_corpus
 from src.encoders import IdfQueryEncoder, load_idf, load_tokenizer
@@ -25,18 +26,23 @@ class IndexSearcher:
         self.query_encoder = IdfQueryEncoder(
             load_idf(folder / "idf.json", self.tokenizer), self.tokenizer.all_special_ids
         )
+        self.row_of = {d: i for i, d in enumerate(self.index.doc_ids)}
         corpus_path = Path(self.index.meta.get("corpus", ""))
         self.corpus = load_corpus(corpus_path) if corpus_path.is_file() else {}
 
+    def encode(self, query: str) -> sp.csr_matrix:
+        return encode_queries(self.query_encoder, self.tokenizer, [query])  # (1, V)
+
     def explain(self, query: str, top_k: int = 10) -> list[dict]:
         """Top documents with their score and per-term contributions (query weight x document weight)."""
-        q = encode_queries(self.query_encoder, self.tokenizer, [query])  # (1, V)
+        return self._explain(self.encode(query), top_k)
+
+    def _explain(self, q: sp.csr_matrix, top_k: int) -> list[dict]:
         hits = search(q, self.index.matrix, ["query"], self.index.doc_ids, k=top_k)["query"]
-        row_of = {d: i for i, d in enumerate(self.index.doc_ids)}
         q_terms = dict(zip(q.indices.tolist(), q.data.tolist(), strict=True))
         explained = []
         for doc_id, score in sorted(hits.items(), key=lambda kv: -kv[1]):
-            row = self.index.matrix[row_of[doc_id]]
+            row = self.index.matrix[self.row_of[doc_id]]
             terms = [
                 (self.tokenizer.convert_ids_to_tokens(int(t)), q_terms[t], float(w))
                 for t, w in zip(row.indices, row.data, strict=True)
@@ -47,13 +53,13 @@ class IndexSearcher:
         return explained
 
     def print_results(self, query: str, top_k: int) -> None:
-        q = encode_queries(self.query_encoder, self.tokenizer, [query])
+        q = self.encode(query)
         tokens = self.tokenizer.convert_ids_to_tokens(q.indices.tolist())
         print(
             f"\nquery: {query!r} -> {q.nnz} terms: "
             + " ".join(f"{t}({w:.2f})" for t, w in sorted(zip(tokens, q.data, strict=True), key=lambda x: -x[1]))
         )
-        for rank, hit in enumerate(self.explain(query, top_k), 1):
+        for rank, hit in enumerate(self._explain(q, top_k), 1):
             print(f"{rank:>3}. {hit['doc_id']}  score {hit['score']:.3f}  {hit['text'][:100]}")
             print("     " + "  ".join(f"{t} {qw:.2f}x{dw:.2f}" for t, qw, dw in hit["terms"][:8]))
 

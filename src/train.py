@@ -7,17 +7,16 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
-from src.config import ConfigError, validate
+from src.config import resolve_output_dir, validate
 from src.data.beir import load_beir, subsample
 from src.data.mining import MiningConfig
 from src.data.module import DistillationDataModule
 from src.encoders import DocEncoder, IdfQueryEncoder, compute_idf, load_tokenizer
 from src.evaluation import EvalSettings, evaluate_dataset, format_table
-from src.export import export_model
+from src.export import export_model, model_folder
 from src.io import atomic_write_json
 from src.module import SparseRetrieverModule
 
@@ -70,23 +69,20 @@ def _datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> Distilla
 def train(cfg: DictConfig) -> dict:
     """Trains, evaluates, saves the model and writes results.json; returns its content."""
     validate(cfg)  # fails on bad keys and missing data before any model is loaded
-    if cfg.paths.output_dir is None:
-        if not HydraConfig.initialized():
-            raise ConfigError("paths.output_dir: set it when calling train() outside the command line")
-        cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
-    output_dir = Path(cfg.paths.output_dir).resolve()
+    output_dir = resolve_output_dir(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
 
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    model_source = model_folder(cfg.model.name_or_path)  # a run directory continues from its model/
+    tokenizer = load_tokenizer(model_source)
     datamodule = _datamodule(cfg, tokenizer)
     datamodule.setup("fit")
 
     # IDF of the training corpora, frozen unless query.idf_trainable.
     idf = compute_idf((text for ds in datamodule.corpora for text in ds.corpus.values()), tokenizer)
-    doc_encoder = DocEncoder.from_pretrained(cfg.model.name_or_path, cfg.activation)
+    doc_encoder = DocEncoder.from_pretrained(model_source, cfg.activation)
     query_encoder = IdfQueryEncoder(idf, tokenizer.all_special_ids, trainable=cfg.query.idf_trainable)
     module = SparseRetrieverModule(doc_encoder, query_encoder, cfg)
 

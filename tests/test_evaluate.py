@@ -181,7 +181,7 @@ def test_bad_evaluate_config_names_the_key(tmp_path):
     for override, key in [
         ("mode=dense", "mode"),
         ("prune_ratio=1.5", "prune_ratio"),
-        ("model=./no/such/dir", "model=./no/such/dir"),
+        ("model=./no/such/dir", "model: ./no/such/dir: no such folder"),
         ("activation=log9", "activation"),
     ]:
         with pytest.raises(ConfigError, match=key):
