@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.activations import get_activation
 from src.data.beir import dataset_dir
 from src.export import model_folder
+from src.heads import PRECISIONS
 
 
 class ConfigError(ValueError):
@@ -24,6 +25,10 @@ def check_activation(name: str) -> None:
         get_activation(name)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def check_head_precision(key: str, value: str) -> None:
+    _check(value in PRECISIONS, key, f"must be one of {', '.join(PRECISIONS)}, got {value!r}")
 
 
 def check_model(key: str, source: str | None) -> None:
@@ -68,6 +73,7 @@ def validate(cfg: DictConfig) -> None:
         f"must be >= 2 (a positive and a negative), got {cfg.data.group_size}",
     )
     _check(cfg.data.batch_size >= 1, "data.batch_size", f"must be >= 1, got {cfg.data.batch_size}")
+    check_head_precision("model.head_precision", cfg.model.head_precision)
     check_model("model.name_or_path", cfg.model.name_or_path)
     check_datasets("data.datasets", cfg.paths.data_dir, cfg.data.datasets, cfg.data.download)
     check_datasets("eval.datasets", cfg.paths.data_dir, cfg.eval.datasets, cfg.data.download)

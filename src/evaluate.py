@@ -7,7 +7,14 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import ConfigError, check_activation, check_datasets, check_model, resolve_output_dir
+from src.config import (
+    ConfigError,
+    check_activation,
+    check_datasets,
+    check_head_precision,
+    check_model,
+    resolve_output_dir,
+)
 from src.data.beir import load_beir, subsample
 from src.encoders import compute_idf, load_idf
 from src.evaluation import MODES, EvalSettings, evaluate_dataset, format_table, write_trec_run
@@ -27,6 +34,7 @@ def validate_eval(cfg: DictConfig) -> None:
         raise ConfigError(f"prune_ratio: must be in [0, 1), got {cfg.prune_ratio}")
     if cfg.idf is not None and not Path(cfg.idf).is_file():
         raise ConfigError(f"idf: {cfg.idf} does not exist")
+    check_head_precision("head_precision", cfg.head_precision)
     check_model("model", cfg.model)
     check_datasets("datasets", cfg.paths.data_dir, cfg.datasets, cfg.download)
 
@@ -38,7 +46,9 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
 
-    retriever = None if cfg.mode == "bm25" else load_retriever(cfg.model, cfg.activation, cfg.prune_ratio)
+    retriever = (
+        None if cfg.mode == "bm25" else load_retriever(cfg.model, cfg.activation, cfg.prune_ratio, cfg.head_precision)
+    )
     settings = EvalSettings(
         max_length=cfg.max_length,
         query_max_length=cfg.query_max_length,

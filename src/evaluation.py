@@ -27,7 +27,7 @@ class EvalSettings:
     query_max_length: int = 512  # query tokens; only siamese mode runs queries through the model
     tokens_per_batch: int = 8192  # padded tokens per encoder batch: bounds the (B, L, V) logits
     top_k: int = 1000
-    bf16: bool = False  # autocast the encoder; pays off on GPUs and CPUs with AVX512-BF16/AMX only
+    bf16: bool = False  # autocast the transformer body; the head's precision is DocEncoder.head_precision
     cache_dir: Path | None = None  # encoded corpora are kept here; None re-encodes every time
     progress: bool = True
 

@@ -67,7 +67,12 @@ def model_folder(source: str | None) -> str | None:
     return str(path) if path.is_dir() else str(source)
 
 
-def load_retriever(source: str | None, activation: str | None = None, prune_ratio: float | None = None) -> Retriever:
+def load_retriever(
+    source: str | None,
+    activation: str | None = None,
+    prune_ratio: float | None = None,
+    head_precision: str = "auto",
+) -> Retriever:
     """Loads a run directory, an exported folder, a hub id, or (None) the bundled splade-tiny.
 
     activation and prune_ratio override the folder's l0_sparse.json; without either, log1 and 0.
@@ -82,5 +87,5 @@ def load_retriever(source: str | None, activation: str | None = None, prune_rati
     idf = None
     if folder is not None and (Path(folder) / "idf.json").is_file():
         idf = load_idf(Path(folder) / "idf.json", tokenizer)
-    encoder = DocEncoder.from_pretrained(folder, activation).eval()
+    encoder = DocEncoder.from_pretrained(folder, activation, head_precision).eval()
     return Retriever(encoder, tokenizer, idf, float(prune_ratio), folder or "splade-tiny (bundled)")

@@ -129,7 +129,7 @@ def build_index(cfg) -> Path:
     from src.evaluation import EvalSettings, encode_corpus
     from src.export import load_retriever
 
-    retriever = load_retriever(cfg.model, cfg.activation, cfg.prune_ratio)
+    retriever = load_retriever(cfg.model, cfg.activation, cfg.prune_ratio, cfg.head_precision)
     dataset = subsample(load_beir(cfg.paths.data_dir, cfg.dataset, cfg.split, cfg.download), None, cfg.max_docs)
     settings = EvalSettings(
         max_length=cfg.max_length,
@@ -161,10 +161,11 @@ def build_index(cfg) -> Path:
 def main() -> None:
     import hydra
 
-    from src.config import resolve_output_dir  # also registers the resolvers conf/tools uses
+    from src.config import check_head_precision, resolve_output_dir  # also registers conf/tools' resolvers
 
     @hydra.main(version_base="1.3", config_path="../conf/tools", config_name="index")
     def run(cfg) -> None:
+        check_head_precision("head_precision", cfg.head_precision)
         resolve_output_dir(cfg)
         build_index(cfg)
 

@@ -61,6 +61,7 @@ def _datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> Distilla
         query_max_length=cfg.model.query_max_length,
         max_queries=cfg.data.max_queries,
         num_workers=cfg.data.num_workers,
+        bucket_by_length=cfg.data.bucket_by_length,
         download=cfg.data.download,
         seed=cfg.seed,
     )
@@ -82,7 +83,9 @@ def train(cfg: DictConfig) -> dict:
 
     # IDF of the training corpora, frozen unless query.idf_trainable.
     idf = compute_idf((text for ds in datamodule.corpora for text in ds.corpus.values()), tokenizer)
-    doc_encoder = DocEncoder.from_pretrained(model_source, cfg.activation)
+    doc_encoder = DocEncoder.from_pretrained(model_source, cfg.activation, cfg.model.head_precision)
+    if cfg.model.compile:
+        doc_encoder.compile_body()
     query_encoder = IdfQueryEncoder(idf, tokenizer.all_special_ids, trainable=cfg.query.idf_trainable)
     module = SparseRetrieverModule(doc_encoder, query_encoder, cfg)
 
