@@ -1,3 +1,5 @@
+import random
+
 import pytest
 
 from src.data import mining
@@ -58,3 +60,23 @@ def test_teacher_prefers_positives_and_cache_is_reused(data_dir, cache_dir, monk
 
     monkeypatch.setattr(mining, "SiameseTeacher", no_teacher)
     assert load_or_build_groups(train, MiningConfig(), cache_dir) == groups
+
+
+def test_length_buckets_cover_each_group_once_and_cut_padding():
+    from src.data.module import LengthBucketSampler
+
+    gen = random.Random(0)
+    lengths = [gen.randint(20, 256) for _ in range(1000)]
+    sampler = LengthBucketSampler(lengths, batch_size=8, seed=3)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 125 and all(len(b) == 8 for b in batches)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert batches == list(LengthBucketSampler(lengths, batch_size=8, seed=3))  # same seed, same batches
+    sampler.set_epoch(1)
+    assert list(sampler) != batches  # a new order each epoch
+
+    def padding(batches: list[list[int]]) -> int:
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    unbucketed = [list(range(i, i + 8)) for i in range(0, 1000, 8)]
+    assert padding(batches) < 0.1 * padding(unbucketed)
