@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from src.activations import get_activation
-from src.encoders import DocEncoder, load_tokenizer
+from src.encoders import DocEncoder, load_tokenizer, mlm_features
 from src.heads import max_pooled_logits, native_bf16, reference_max_logits, search_dtype
 
 PRECISIONS = ["fp32", "bf16"]
@@ -120,3 +120,19 @@ def test_encoder_runs_the_fused_head(scifact_batch):
 def test_auto_precision_follows_the_hardware():
     expected = torch.bfloat16 if native_bf16(torch.device("cpu")) else None
     assert search_dtype("auto", torch.device("cpu")) == expected
+
+
+def test_bf16_error_bound_holds_on_real_features(scifact_batch):
+    """The margin that picks which terms to recompute: |bf16 logit - fp32 logit| <= error * ||h|| * ||w||."""
+    from src.heads import _BF16_ERROR
+
+    encoder = DocEncoder.from_pretrained(None, "log1").eval()
+    with torch.no_grad():
+        features = mlm_features(encoder.mlm, scifact_batch["input_ids"], scifact_batch["attention_mask"])
+        rows = features[scifact_batch["attention_mask"].bool()]  # (T, H) real tokens only
+        weight = encoder.mlm.get_output_embeddings().weight  # (V, H)
+        exact = rows @ weight.T  # (T, V)
+        rounded = (rows.bfloat16() @ weight.bfloat16().T).float()
+        scale = rows.norm(dim=1, keepdim=True) * weight.norm(dim=1)  # (T, V)
+    worst = ((rounded - exact).abs() / scale).max().item()
+    assert 0 < worst <= _BF16_ERROR["cpu"]

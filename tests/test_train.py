@@ -83,3 +83,24 @@ def test_cli_smoke_run_writes_results(tmp_path, data_dir, cache_dir):
     assert 0.5 < scifact["ndcg@10"] <= 1.0 and scifact["recall@100"] >= scifact["ndcg@10"] - 0.2
     assert 10 < scifact["doc_len"] < 1000 and 0 < scifact["flops"] < scifact["q_len"]
     assert "NDCG@10" in proc.stdout and list(out.glob("wandb/offline-run-*"))  # a run `wandb sync` can upload
+
+
+def test_bf16_autocast_training_runs_through_the_fused_head(tmp_path, data_dir, cache_dir):
+    """trainer.precision=bf16-mixed: the body autocasts, the head keeps its own dtype, losses stay finite."""
+    cfg = compose_train(
+        "debug=smoke",
+        "trainer.max_steps=3",
+        "trainer.log_every_n_steps=1",
+        "trainer.precision=bf16-mixed",
+        "data.max_queries=32",
+        "eval.max_queries=5",
+        "eval.max_docs=100",
+        "logger=csv",
+        f"paths.output_dir={tmp_path}",
+        f"paths.data_dir={data_dir}",
+        f"paths.cache_dir={cache_dir}",
+    )
+    train(cfg)
+    with open(next(tmp_path.glob("csv/*/metrics.csv"))) as f:
+        losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert len(losses) == 3 and all(math.isfinite(x) and x > 0 for x in losses)
