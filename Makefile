@@ -21,7 +21,7 @@ DATA_DIR := $(abspath ../shared/data/beir)
 endif
 export HF_HUB_OFFLINE TRANSFORMERS_OFFLINE WANDB_MODE DATA_DIR
 
-.PHONY: install train test lint format clean bench-retrieval
+.PHONY: install train test lint format clean bench bench-retrieval
 
 install: $(STAMP)
 
@@ -53,6 +53,12 @@ format: $(STAMP)
 # Extra flags: make bench-retrieval ARGS="--k 10 --scipy-queries 200"
 bench-retrieval: $(STAMP)
 	$(PY) benchmarks/retrieval_1m.py $(ARGS)
+
+# Encoding (documents/s, peak memory) and training steps (seconds, peak memory) of ours vs the straightforward HF head
+# vs sentence-transformers on scifact, with the machine's GEMM bound: benchmarks/results.json and a table (~15 min;
+# QUICK=1: under 5 min). Extra flags: make bench ARGS="--device cuda --repeats 5"
+bench: $(STAMP)
+	$(PY) benchmarks/encode_train.py $(if $(QUICK),--quick) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache outputs .pytest_cache .ruff_cache
