@@ -54,9 +54,9 @@ format: $(STAMP)
 bench-retrieval: $(STAMP)
 	$(PY) benchmarks/retrieval_1m.py $(ARGS)
 
-# Encoding (documents/s, peak memory) and training steps (seconds, peak memory) of ours vs the straightforward HF head
-# vs sentence-transformers on scifact, with the machine's GEMM bound: benchmarks/results.json and a table (~15 min;
-# QUICK=1: under 5 min). Extra flags: make bench ARGS="--device cuda --repeats 5"
+# Encoding (documents/s, peak memory) and training steps (seconds, peak memory): ours vs the straightforward HF
+# head vs sentence-transformers on scifact, with the machine's GEMM bound and NDCG@10 under bf16. Writes
+# benchmarks/results.json and prints a table (~12 min; QUICK=1: under 5). More flags: make bench ARGS="--device cuda"
 bench: $(STAMP)
 	$(PY) benchmarks/encode_train.py $(if $(QUICK),--quick) $(ARGS)
 
