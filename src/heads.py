@@ -37,7 +37,8 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":  # AMX or AVX512-BF16; without them bf16 is emulated, ~25x slower than fp32
-        return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private torch API: absent means no
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
     return False
 
 
