@@ -104,6 +104,7 @@ from src.encoders import DocEncoder, IdfQueryEncoder, bundled_model_path, comput
 from src.heads import search_dtype
 from src.io import atomic_write_json
 from src.losses.kl import kl_divergence
+from src.module import distillation_loss
 from src.regularizers import masked_flops
 from src.retrieval import encode_documents
 
@@ -358,7 +359,7 @@ class TrainImpl:
 
 
 class IdfTrain(TrainImpl):
-    """Frozen IDF queries and a document encoder, with the math of SparseRetrieverModule.training_step."""
+    """Frozen IDF queries and a document encoder, with the trainer's loss (src.module.distillation_loss)."""
 
     def __init__(self, doc: nn.Module, idf: torch.Tensor, tokenizer: PreTrainedTokenizerBase, device: torch.device):
         query = IdfQueryEncoder(idf, tokenizer.all_special_ids)
@@ -372,10 +373,8 @@ class IdfTrain(TrainImpl):
         n, g = batch.teacher.shape
         q = self.model["query"](batch.query_ids, batch.query_mask)  # (N, V)
         d = self.doc_vectors(batch).view(n, g, -1)  # (N, G, V)
-        scores = torch.einsum("nv,ngv->ng", q, d)  # (N, G)
-        kl = kl_divergence(scores, batch.teacher)["loss_rank"]
-        weighted = LAMBDA * masked_flops(d, THRESHOLD)[0]
-        return StepOutput(kl + weighted, kl, d, weighted)
+        out = distillation_loss(q, d, batch.teacher, kl_divergence, THRESHOLD, LAMBDA)  # the trainer's own loss
+        return StepOutput(out["loss"], out["loss_rank"], d, LAMBDA * out["loss_flops"])
 
 
 class OursTrain(IdfTrain):

@@ -1,5 +1,7 @@
 """LightningModule: inference-free sparse retriever trained by distillation + masked FLOPS."""
 
+from collections.abc import Callable
+
 import lightning as L
 import torch
 from omegaconf import DictConfig
@@ -8,6 +10,26 @@ from src.encoders import DocEncoder, IdfQueryEncoder
 from src.losses import get_loss
 from src.regularizers import masked_flops
 from src.schedules import lambda_at, threshold_at
+
+
+def distillation_loss(
+    query_vecs: torch.Tensor,
+    doc_vecs: torch.Tensor,
+    teacher_scores: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
+    threshold: float | None,
+    lam: float,
+    term_weights: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """One step's loss: ranking loss on q . d against the teacher, plus lam x masked FLOPS.
+
+    query_vecs (N, V), doc_vecs (N, G, V), teacher_scores (N, G). Returns the ranking loss's parts,
+    "loss_flops", "loss" (what is optimised) and "mask" (N, G), the documents the FLOPS term saw.
+    """
+    scores = torch.einsum("nv,ngv->ng", query_vecs, doc_vecs)  # (N, G)
+    parts = loss_fn(scores, teacher_scores)
+    loss_flops, mask = masked_flops(doc_vecs, threshold, term_weights)
+    return {**parts, "loss_flops": loss_flops, "loss": parts["loss_rank"] + lam * loss_flops, "mask": mask}
 
 
 class SparseRetrieverModule(L.LightningModule):
@@ -28,20 +50,15 @@ class SparseRetrieverModule(L.LightningModule):
         n, g = batch["teacher_scores"].shape
         q = self.query_encoder(batch["query_ids"], batch["query_mask"])  # (N, V)
         d = self.doc_encoder(batch["doc_ids"], batch["doc_mask"]).view(n, g, -1)  # (N, G, V)
-        scores = torch.einsum("nv,ngv->ng", q, d)  # (N, G)
-        parts = self.loss_fn(scores, batch["teacher_scores"])
-
         threshold, lam = self.threshold_now(), self.lambda_now()
         term_weights = self.query_encoder.idf.detach() if self.reg.idf_weighted else None
-        loss_flops, mask = masked_flops(d, threshold, term_weights)
-        loss = parts["loss_rank"] + lam * loss_flops
+        out = distillation_loss(q, d, batch["teacher_scores"], self.loss_fn, threshold, lam, term_weights)
+        mask = out.pop("mask")  # the rest are scalars: loss_rank (and its parts), loss_flops, loss
 
         doc_len = (d != 0).sum(-1).float()  # (N, G)
         self.log_dict(
             {
-                **{f"train/{name}": value for name, value in parts.items()},
-                "train/loss_flops": loss_flops,
-                "train/loss": loss,
+                **{f"train/{name}": value for name, value in out.items()},
                 "train/lambda": lam,
                 "train/masked_frac": 1.0 - mask.mean(),
             },
@@ -51,7 +68,7 @@ class SparseRetrieverModule(L.LightningModule):
         if threshold is not None:  # plain FLOPS has no threshold to log
             self.log("train/threshold", float(threshold), batch_size=n)
         self.log("train/doc_len", doc_len.mean(), prog_bar=True, batch_size=n)  # the one number to watch
-        return loss
+        return out["loss"]
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
