@@ -1,0 +1,176 @@
+"""The on-disk training format: a folder of JSON-lines shards of distillation groups plus a manifest.
+
+    DIR/manifest.json        written last: its presence means the set is complete (see `Manifest`)
+    DIR/<source>-00000.jsonl one group per line (see `GroupRecord`), `shard_size` groups per shard
+    DIR/idf.json             token -> IDF over the sources' corpora, for the inference-free query side
+
+Every line holds its texts, so training streams shards without loading any corpus, and each
+shard is opened by byte offset: a set far larger than memory (MS MARCO's 500k queries) trains
+with random access. Teacher scores are raw, one list per teacher; how they are combined
+(per-batch min-max normalisation and averaging) is a training-time choice, `src.teachers.combine`.
+"""
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from src.data.beir import DataError
+from src.io import atomic_write_bytes, atomic_write_json
+
+FORMAT = "l0-sparse-groups"
+VERSION = 1
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A group before the local teachers score it: what every source (BEIR mining, triples files,
+    MS MARCO converters) hands to `src.prepare`. `given_scores` are scores that came with the data
+    (a published teacher's), keyed by teacher name; the local teachers' scores are added to them."""
+
+    query_id: str
+    query: str
+    doc_ids: list[str]  # positive first, then G-1 negatives
+    docs: list[str]
+    given_scores: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GroupRecord:
+    """One training group: a query, its G documents (positive first) and each teacher's G scores."""
+
+    query_id: str
+    query: str
+    doc_ids: list[str]
+    docs: list[str]
+    scores: dict[str, list[float]]  # teacher name -> G raw scores, in doc order
+
+    def to_line(self) -> bytes:
+        return (json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+    @classmethod
+    def parse(cls, line: bytes, where: str, group_size: int, teachers: list[str]) -> "GroupRecord":
+        """`where` is "file:line" for the error message."""
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DataError(f"{where}: not a valid JSON line ({err})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        missing = [k for k in ("query_id", "query", "doc_ids", "docs", "scores") if k not in row]
+        if missing:
+            raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
+        record = cls(**{k: row[k] for k in ("query_id", "query", "doc_ids", "docs", "scores")})
+        if len(record.docs) != group_size or len(record.doc_ids) != group_size:
+            raise DataError(f"{where}: {len(record.docs)} documents, the set's group size is {group_size}")
+        if sorted(record.scores) != sorted(teachers):
+            raise DataError(f"{where}: scores from {sorted(record.scores)}, the manifest names {sorted(teachers)}")
+        if any(len(s) != group_size for s in record.scores.values()):
+            raise DataError(f"{where}: every teacher needs {group_size} scores")
+        return record
+
+
+@dataclass
+class ShardInfo:
+    file: str
+    rows: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    group_size: int
+    teachers: list[str]  # names, as keyed in every record's `scores`
+    shards: list[ShardInfo]
+    counts: dict[str, dict[str, int]]  # per source: what was kept and what was skipped, and why
+    config: dict  # how the set was made (prepare's settings, or a converter's)
+    format: str = FORMAT
+    version: int = VERSION
+    teacher_details: list[dict] = field(default_factory=list)  # each teacher's kind, model and settings
+
+    def save(self, folder: Path) -> None:
+        atomic_write_json(Path(folder) / MANIFEST, asdict(self))
+
+    @classmethod
+    def load(cls, folder: Path) -> "Manifest":
+        path = Path(folder) / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} does not exist: {folder} is not a complete prepared training set "
+                f"(run `python -m src.prepare paths.output_dir={folder}`; an interrupted run resumes)"
+            )
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        if raw.get("format") != FORMAT or raw.get("version") != VERSION:
+            raise DataError(f"{path}: format {raw.get('format')!r} v{raw.get('version')}, expected {FORMAT} v{VERSION}")
+        raw["shards"] = [ShardInfo(**s) for s in raw["shards"]]
+        return cls(**raw)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_shard(path: Path, records: Iterable[GroupRecord]) -> ShardInfo:
+    """Writes one shard atomically; a crash leaves no half shard behind."""
+    data = b"".join(r.to_line() for r in records)
+    atomic_write_bytes(path, data)
+    return ShardInfo(Path(path).name, data.count(b"\n"), hashlib.sha256(data).hexdigest())
+
+
+class PreparedSet:
+    """Random access to a prepared folder's groups, reading one line per item from disk.
+
+    Opening checks every shard against the manifest (row count and SHA-256), so a truncated or
+    edited shard is named up front rather than found mid-training. Files are opened lazily, per
+    process, so DataLoader workers each get their own handles.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.manifest = Manifest.load(self.folder)
+        self.teachers = list(self.manifest.teachers)
+        self.group_size = self.manifest.group_size
+        self._locate: list[tuple[int, int, int]] = []  # item -> (shard, byte offset, byte length)
+        self._first_item: list[int] = []  # shard -> its first item, for line numbers in messages
+        for shard_no, shard in enumerate(self.manifest.shards):
+            self._first_item.append(len(self._locate))
+            path = self.folder / shard.file
+            if not path.is_file():
+                raise DataError(f"{path}: listed in {self.folder / MANIFEST} but missing")
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != shard.sha256:
+                raise DataError(f"{path}: SHA-256 differs from {MANIFEST}: the shard was changed or truncated")
+            ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n")) + 1  # (rows,)
+            starts = np.concatenate([[0], ends[:-1]])
+            self._locate += [(shard_no, int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)]
+        self._handles: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return len(self._locate)
+
+    def __getitem__(self, i: int) -> GroupRecord:
+        shard_no, offset, length = self._locate[i]
+        f = self._handles.get(shard_no)
+        if f is None:
+            f = self._handles[shard_no] = open(self.folder / self.manifest.shards[shard_no].file, "rb")  # noqa: SIM115
+        f.seek(offset)
+        line = f.read(length)
+        where = f"{self.folder / self.manifest.shards[shard_no].file}:{i - self._first_item[shard_no] + 1}"
+        return GroupRecord.parse(line, where, self.group_size, self.teachers)
+
+    def __iter__(self) -> Iterator[GroupRecord]:
+        return (self[i] for i in range(len(self)))
+
+    def __getstate__(self) -> dict:  # file handles do not cross process boundaries
+        return {**self.__dict__, "_handles": {}}
