@@ -36,7 +36,7 @@ class BM25Settings:
 BEIR_SETTINGS = BM25Settings()
 
 
-def _tokenize(texts: Sequence[str], settings: BM25Settings, progress: bool) -> list[list[str]]:
+def analyze(texts: Sequence[str], settings: BM25Settings, progress: bool = False) -> list[list[str]]:
     stemmer = Stemmer.Stemmer(settings.stemmer) if settings.stemmer else None
     # Strings, not ids: bm25s maps query strings onto the index vocabulary and drops unknown terms.
     return bm25s.tokenize(
@@ -47,7 +47,7 @@ def _tokenize(texts: Sequence[str], settings: BM25Settings, progress: bool) -> l
 def build_index(texts: Sequence[str], settings: BM25Settings = BEIR_SETTINGS, progress: bool = False) -> bm25s.BM25:
     """A BM25 index over `texts`; row i of the index is texts[i]."""
     retriever = bm25s.BM25(k1=settings.k1, b=settings.b, method=settings.method)
-    retriever.index(_tokenize(texts, settings, progress), show_progress=progress)
+    retriever.index(analyze(texts, settings, progress), show_progress=progress)
     return retriever
 
 
@@ -67,7 +67,7 @@ def retrieve(
     k = min(k, retriever.scores["num_docs"])
     if not queries or k <= 0:
         return [[] for _ in queries]
-    rows, scores = retriever.retrieve(_tokenize(queries, settings, progress), k=k, show_progress=progress)
+    rows, scores = retriever.retrieve(analyze(queries, settings, progress), k=k, show_progress=progress)
     return [
         [(int(i), float(s)) for i, s in zip(row, row_scores, strict=True) if s > 0]
         for row, row_scores in zip(rows, scores, strict=True)

@@ -1,0 +1,99 @@
+"""Teachers score (query, document) pairs for distillation; `combine` merges several into one target.
+
+A teacher is built from a spec (a config dict): `kind` picks the class from `KINDS`, `name` is how its
+scores are keyed on disk (default: the kind, or the model id). Kinds:
+
+- `splade`: Siamese SPLADE, queries and documents through one MLM encoder (default: splade-tiny);
+- `bm25`: Lucene BM25 with the statistics of the source's corpus;
+- `cross_encoder`, `bi_encoder`: any Hugging Face model id or folder (where a hub or the files are at hand).
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+
+class Teacher(Protocol):
+    def score(self, queries: list[str], docs: list[list[str]]) -> torch.Tensor:
+        """queries: N texts; docs: N lists of G texts. Returns raw scores, (N, G) float32."""
+        ...
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    kind: str
+    name: str
+    model: str | None = None  # a hub id or folder; null: the kind's default
+    options: dict = field(default_factory=dict)  # the rest of the spec, passed to the teacher's class
+
+    @classmethod
+    def from_config(cls, spec: dict, key: str) -> "TeacherSpec":
+        """`key` (e.g. "teachers[1]") names the config entry in errors."""
+        spec = dict(spec)
+        kind = spec.pop("kind", None)
+        if kind not in KINDS:
+            raise ValueError(f"{key}.kind: must be one of {', '.join(KINDS)}, got {kind!r}")
+        model = spec.pop("model", None)
+        name = spec.pop("name", None) or model or kind
+        return cls(kind, str(name), model, spec)
+
+
+def build_teacher(spec: TeacherSpec, corpus: Sequence[str]) -> Teacher:
+    """`corpus`: the texts of the source's corpus, for teachers with corpus statistics (BM25)."""
+    return KINDS[spec.kind](spec, corpus)
+
+
+def _splade(spec: TeacherSpec, corpus: Sequence[str]) -> Teacher:
+    from src.teachers.splade import SpladeTeacher
+
+    return SpladeTeacher(spec.model, **spec.options)
+
+
+def _bm25(spec: TeacherSpec, corpus: Sequence[str]) -> Teacher:
+    from src.teachers.bm25 import BM25Teacher
+
+    return BM25Teacher(corpus, **spec.options)
+
+
+def _cross_encoder(spec: TeacherSpec, corpus: Sequence[str]) -> Teacher:
+    from src.teachers.hf import CrossEncoderTeacher
+
+    return CrossEncoderTeacher(spec.model, **spec.options)
+
+
+def _bi_encoder(spec: TeacherSpec, corpus: Sequence[str]) -> Teacher:
+    from src.teachers.hf import BiEncoderTeacher
+
+    return BiEncoderTeacher(spec.model, **spec.options)
+
+
+KINDS = {"splade": _splade, "bm25": _bm25, "cross_encoder": _cross_encoder, "bi_encoder": _bi_encoder}
+CORPUS_DEPENDENT = {"bm25"}  # their scores change with the source's corpus statistics
+
+
+NORMALISATIONS = ("minmax", "none")
+
+
+def combine(
+    scores: dict[str, torch.Tensor], normalize: str = "minmax", weights: dict[str, float] | None = None
+) -> torch.Tensor:
+    """One target from several teachers' (N, G) scores of a batch: each teacher min-max normalised over
+    the whole batch (so teachers on different scales weigh alike), then the weighted mean.
+
+    A teacher whose scores are all equal in the batch carries no ranking signal: it normalises to 0.
+    weights: teacher -> weight (default 1 each); they are divided by their sum.
+    """
+    if normalize not in NORMALISATIONS:
+        raise ValueError(f"normalize must be one of {', '.join(NORMALISATIONS)}, got {normalize!r}")
+    weights = weights or {}
+    total = sum(weights.get(name, 1.0) for name in scores)
+    target = None
+    for name, s in scores.items():  # s: (N, G)
+        if normalize == "minmax":
+            low, high = s.min(), s.max()
+            s = (s - low) / (high - low) if high > low else torch.zeros_like(s)
+        term = s * (weights.get(name, 1.0) / total)
+        target = term if target is None else target + term
+    return target  # (N, G)
