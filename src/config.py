@@ -9,6 +9,7 @@ from src.activations import get_activation
 from src.data.beir import dataset_dir
 from src.export import model_folder
 from src.heads import PRECISIONS
+from src.teachers import NORMALISATIONS
 
 
 class ConfigError(ValueError):
@@ -75,7 +76,21 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.data.batch_size >= 1, "data.batch_size", f"must be >= 1, got {cfg.data.batch_size}")
     check_head_precision("model.head_precision", cfg.model.head_precision)
     check_model("model.name_or_path", cfg.model.name_or_path)
-    check_datasets("data.datasets", cfg.paths.data_dir, cfg.data.datasets, cfg.data.download)
+    _check(
+        cfg.data.teacher_scores.normalize in NORMALISATIONS,
+        "data.teacher_scores.normalize",
+        f"must be one of {', '.join(NORMALISATIONS)}, got {cfg.data.teacher_scores.normalize!r}",
+    )
+    if cfg.data.prepared:
+        _check(
+            (Path(cfg.data.prepared) / "manifest.json").is_file(),
+            "data.prepared",
+            f"{cfg.data.prepared} has no manifest.json: not a complete set from `python -m src.prepare`",
+        )
+    else:
+        check_datasets("data.datasets", cfg.paths.data_dir, cfg.data.datasets, cfg.data.download)
+    if cfg.query.idf:
+        _check(Path(cfg.query.idf).is_file(), "query.idf", f"{cfg.query.idf} does not exist")
     check_datasets("eval.datasets", cfg.paths.data_dir, cfg.eval.datasets, cfg.data.download)
 
 

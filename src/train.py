@@ -12,18 +12,19 @@ from transformers import PreTrainedTokenizerBase
 
 from src.config import resolve_output_dir, validate
 from src.data.beir import load_beir, subsample
-from src.data.mining import MiningConfig
+from src.data.groups import PreparedSet
 from src.data.module import DistillationDataModule
-from src.encoders import DocEncoder, IdfQueryEncoder, compute_idf, load_tokenizer
+from src.encoders import DocEncoder, IdfQueryEncoder, load_idf, load_tokenizer
 from src.evaluation import EvalSettings, evaluate_dataset, format_table
 from src.export import export_model, model_folder
 from src.io import atomic_write_json
 from src.module import SparseRetrieverModule
+from src.prepare import SETTINGS, prepare, prepared_key
 
 log = logging.getLogger(__name__)
 
 
-def _run_config(cfg: DictConfig) -> dict:
+def _run_config(cfg: DictConfig, train_set: PreparedSet) -> dict:
     """The `config` block of results.json: the knobs first, then the whole resolved config."""
     return {
         "activation": cfg.activation,
@@ -33,36 +34,45 @@ def _run_config(cfg: DictConfig) -> dict:
         "model": cfg.model.name_or_path or "splade-tiny (bundled)",
         "seed": cfg.seed,
         "loss": cfg.loss.name,
-        "group_size": cfg.data.group_size,
+        "group_size": train_set.group_size,
+        "train_data": str(train_set.folder),
+        "teachers": train_set.teachers,
         "max_steps": cfg.trainer.max_steps,
         "resolved": OmegaConf.to_container(cfg, resolve=True),
     }
 
 
-def _datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> DistillationDataModule:
-    mining = MiningConfig(
-        group_size=cfg.data.group_size,
-        negatives_from_top=cfg.data.negatives_from_top,
-        teacher=cfg.data.teacher.name_or_path,
-        teacher_activation=cfg.data.teacher.activation,
-        max_length=cfg.model.max_length,
-        query_max_length=cfg.model.query_max_length,
-        seed=cfg.data.mining_seed,
+def prepared_set(cfg: DictConfig) -> Path:
+    """data.prepared, or the set the data keys describe: prepared into the cache on first use, then reused."""
+    if cfg.data.prepared:
+        return Path(cfg.data.prepared)
+    renamed = {"seed": "mining_seed", "batch_size": "teacher_batch_size"}  # prepare's name -> data's
+    settings = {key: cfg.data[renamed.get(key, key)] for key in SETTINGS if key != "idf_tokenizer"}
+    settings = OmegaConf.create(
+        {
+            **settings,
+            "idf_tokenizer": str(model_folder(cfg.model.name_or_path)) if cfg.model.name_or_path else None,
+            "download": cfg.data.download,
+            "paths": {"data_dir": cfg.paths.data_dir, "output_dir": None},
+        }
     )
+    settings.paths.output_dir = str(Path(cfg.paths.cache_dir) / "prepared" / prepared_key(settings))
+    return prepare(settings)
+
+
+def _datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, folder: Path) -> DistillationDataModule:
+    scores = cfg.data.teacher_scores
     return DistillationDataModule(
         tokenizer,
-        data_dir=cfg.paths.data_dir,
-        datasets=cfg.data.datasets,
-        split=cfg.data.split,
-        mining=mining,
-        cache_dir=cfg.paths.cache_dir,
+        prepared_dir=folder,
         batch_size=cfg.data.batch_size,
         max_length=cfg.model.max_length,
         query_max_length=cfg.model.query_max_length,
-        max_queries=cfg.data.max_queries,
+        normalize=scores.normalize,
+        weights=OmegaConf.to_container(scores.weights) if scores.weights else None,
+        scale=scores.scale,
         num_workers=cfg.data.num_workers,
         bucket_by_length=cfg.data.bucket_by_length,
-        download=cfg.data.download,
         seed=cfg.seed,
     )
 
@@ -78,11 +88,12 @@ def train(cfg: DictConfig) -> dict:
 
     model_source = model_folder(cfg.model.name_or_path)  # a run directory continues from its model/
     tokenizer = load_tokenizer(model_source)
-    datamodule = _datamodule(cfg, tokenizer)
+    folder = prepared_set(cfg)
+    datamodule = _datamodule(cfg, tokenizer, folder)
     datamodule.setup("fit")
 
-    # IDF of the training corpora, frozen unless query.idf_trainable.
-    idf = compute_idf((text for ds in datamodule.corpora for text in ds.corpus.values()), tokenizer)
+    # IDF of the training corpora (the prepared set's idf.json) or query.idf, frozen unless query.idf_trainable.
+    idf = load_idf(Path(cfg.query.idf or folder / "idf.json"), tokenizer)
     doc_encoder = DocEncoder.from_pretrained(model_source, cfg.activation, cfg.model.head_precision)
     if cfg.model.compile:
         doc_encoder.compile_body()
@@ -99,7 +110,7 @@ def train(cfg: DictConfig) -> dict:
 
     evals = {name: _evaluate(cfg, name, doc_encoder, query_encoder, tokenizer) for name in cfg.eval.datasets}
     results = {
-        "config": _run_config(cfg),
+        "config": _run_config(cfg, datamodule.train_set),
         "train": {
             "steps": trainer.global_step,
             "doc_len": float(trainer.callback_metrics.get("train/doc_len", float("nan"))),

@@ -24,7 +24,7 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
-    """One mining cache for the whole session, so the teacher runs once per dataset."""
+    """One cache for the whole session, so each prepared training set is built once."""
     return tmp_path_factory.mktemp("cache")
 
 

@@ -27,6 +27,9 @@ def no_model_loading(monkeypatch):
         ("data.group_size=1", "data.group_size"),
         ("model.name_or_path=./no/such/model", "model.name_or_path"),
         ("paths.data_dir=/no/such/folder", "/no/such/folder/scifact"),
+        ("data.prepared=/no/such/set", "data.prepared"),
+        ("data.teacher_scores.normalize=zscore", "data.teacher_scores.normalize"),
+        ("query.idf=/no/such/idf.json", "query.idf"),
     ],
 )
 def test_bad_config_fails_before_any_model_is_loaded(override, key, tmp_path, no_model_loading):

@@ -2,9 +2,8 @@ import random
 
 import pytest
 
-from src.data import mining
 from src.data.beir import DataError, load_beir, load_corpus, load_qrels, subsample
-from src.data.mining import MiningConfig, load_or_build_groups, sample_groups
+from src.data.mining import mine_groups
 
 
 def test_real_scifact_splits_load_with_crlf_qrels(data_dir):
@@ -41,25 +40,13 @@ def test_missing_dataset_says_where_to_put_it(tmp_path):
 
 def test_mined_groups_have_judged_positive_and_unjudged_negatives(data_dir):
     train = load_beir(data_dir, "scifact", "train")
-    groups, counts = sample_groups(train, MiningConfig(group_size=3, seed=1))
+    groups, counts = mine_groups(train, group_size=3, negatives_from_top=50, seed=1)
     assert counts["groups"] == len(groups) == 809
-    for qid, doc_ids in groups:
-        assert len(doc_ids) == 3 and train.qrels[qid].get(doc_ids[0], 0) > 0
-        assert not any(d in train.qrels[qid] for d in doc_ids[1:])
-    assert sample_groups(train, MiningConfig(group_size=3, seed=1))[0] == groups  # deterministic
-
-
-def test_teacher_prefers_positives_and_cache_is_reused(data_dir, cache_dir, monkeypatch):
-    train = subsample(load_beir(data_dir, "scifact", "train"), 96, None)
-    groups = load_or_build_groups(train, MiningConfig(), cache_dir)
-    first = sum(g.teacher_scores[0] > g.teacher_scores[1] for g in groups) / len(groups)
-    assert first > 0.75, f"the splade-tiny teacher ranks the positive first for only {first:.0%} of groups"
-
-    def no_teacher(*args, **kwargs):
-        raise AssertionError("the teacher ran again although the groups were cached")
-
-    monkeypatch.setattr(mining, "SiameseTeacher", no_teacher)
-    assert load_or_build_groups(train, MiningConfig(), cache_dir) == groups
+    for g in groups:
+        assert len(g.doc_ids) == 3 and train.qrels[g.query_id].get(g.doc_ids[0], 0) > 0
+        assert not any(d in train.qrels[g.query_id] for d in g.doc_ids[1:])
+        assert g.docs == [train.corpus[d] for d in g.doc_ids] and g.query == train.queries[g.query_id]
+    assert mine_groups(train, group_size=3, negatives_from_top=50, seed=1)[0] == groups  # deterministic
 
 
 def test_length_buckets_cover_each_group_once_and_cut_padding():

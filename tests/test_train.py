@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from src.train import train
+from src import prepare as prepare_module
+from src.train import prepared_set, train
 from tests.conftest import ROOT, compose_train
 
 VOCAB = 30522
@@ -85,14 +86,15 @@ def test_cli_smoke_run_writes_results(tmp_path, data_dir, cache_dir):
     assert "NDCG@10" in proc.stdout and list(out.glob("wandb/offline-run-*"))  # a run `wandb sync` can upload
 
 
-def test_bf16_autocast_training_runs_through_the_fused_head(tmp_path, data_dir, cache_dir):
-    """trainer.precision=bf16-mixed: the body autocasts, the head keeps its own dtype, losses stay finite."""
+def test_bf16_run_on_a_prepared_set_without_recomputing_it(tmp_path, data_dir, cache_dir, monkeypatch):
+    """trainer.precision=bf16-mixed: the body autocasts, the head keeps its own dtype, losses stay finite.
+    data.prepared: the run reads the set as it is; no mining or teacher runs again."""
     cfg = compose_train(
         "debug=smoke",
         "trainer.max_steps=3",
         "trainer.log_every_n_steps=1",
         "trainer.precision=bf16-mixed",
-        "data.max_queries=32",
+        "data.max_queries=64",
         "eval.max_queries=5",
         "eval.max_docs=100",
         "logger=csv",
@@ -100,7 +102,17 @@ def test_bf16_autocast_training_runs_through_the_fused_head(tmp_path, data_dir, 
         f"paths.data_dir={data_dir}",
         f"paths.cache_dir={cache_dir}",
     )
-    train(cfg)
+    folder = prepared_set(cfg)  # built here, or found in the session's cache
+
+    def recomputed(*args, **kwargs):
+        raise AssertionError("the prepared set was recomputed")
+
+    monkeypatch.setattr(prepare_module, "mine_groups", recomputed)
+    monkeypatch.setattr(prepare_module, "_score_shard", recomputed)
+    cfg.data.prepared = str(folder)
+    results = train(cfg)
+    assert results["config"]["train_data"] == str(folder)
+    assert results["config"]["teachers"] == ["splade-tiny", "bm25"]
     with open(next(tmp_path.glob("csv/*/metrics.csv"))) as f:
         losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
     assert len(losses) == 3 and all(math.isfinite(x) and x > 0 for x in losses)

@@ -95,8 +95,18 @@ def load_queries(path: Path) -> dict[str, str]:
     return {str(r["_id"]): r["text"] for r in _read_jsonl(path, ("_id", "text"))}
 
 
-def load_qrels(path: Path) -> dict[str, dict[str, int]]:
-    """query id -> doc id -> grade; reads BEIR's header line and CRLF line endings."""
+def load_qrels(
+    path: Path,
+    queries: dict[str, str] | None = None,
+    corpus: dict[str, str] | None = None,
+    skipped: dict[str, int] | None = None,
+) -> dict[str, dict[str, int]]:
+    """query id -> doc id -> grade; reads BEIR's header line and CRLF line endings.
+
+    Given `queries` and `corpus`, a line naming an unknown query or document is an error naming the
+    line, or, when a `skipped` dict is passed (training data, where dropping such pairs is the usual
+    practice), a logged warning counted under "qrels_unknown_query" / "qrels_unknown_doc".
+    """
     qrels: dict[str, dict[str, int]] = {}
     with open(path, encoding="utf-8", newline=None) as f:
         for line_no, line in enumerate(f, start=1):
@@ -111,11 +121,27 @@ def load_qrels(path: Path) -> dict[str, dict[str, int]]:
                 grade = int(parts[2])
             except ValueError:
                 raise DataError(f"{path}:{line_no}: score {parts[2]!r} is not an integer") from None
-            qrels.setdefault(parts[0], {})[parts[1]] = grade
+            qid, doc_id = parts[0], parts[1]
+            problem = None
+            if queries is not None and qid not in queries:
+                problem, message = "qrels_unknown_query", f"query id {qid!r} is not in queries.jsonl"
+            elif corpus is not None and doc_id not in corpus:
+                problem, message = "qrels_unknown_doc", f"doc id {doc_id!r} is not in corpus.jsonl"
+            if problem:
+                if skipped is None:
+                    raise DataError(f"{path}:{line_no}: {message}")
+                skipped[problem] = skipped.get(problem, 0) + 1
+                if skipped[problem] <= 5:
+                    log.warning("%s:%d: %s; line skipped", path, line_no, message)
+                continue
+            qrels.setdefault(qid, {})[doc_id] = grade
     return qrels
 
 
-def load_beir(data_dir: str | Path, name: str, split: str, download: bool = False) -> BeirDataset:
+def load_beir(
+    data_dir: str | Path, name: str, split: str, download: bool = False, skipped: dict[str, int] | None = None
+) -> BeirDataset:
+    """`skipped`: count and skip qrels lines with unknown ids instead of failing (see `load_qrels`)."""
     path = dataset_dir(data_dir, name, download)
     qrels_path = path / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
@@ -123,13 +149,7 @@ def load_beir(data_dir: str | Path, name: str, split: str, download: bool = Fals
         raise FileNotFoundError(f"{qrels_path} does not exist; {name} has the splits: {', '.join(splits)}")
     corpus = load_corpus(path / "corpus.jsonl")
     queries = load_queries(path / "queries.jsonl")
-    qrels = load_qrels(qrels_path)
-    for qid, judged in qrels.items():
-        if qid not in queries:
-            raise DataError(f"{qrels_path}: query id {qid!r} is not in {path / 'queries.jsonl'}")
-        unknown = next((d for d in judged if d not in corpus), None)
-        if unknown is not None:
-            raise DataError(f"{qrels_path}: doc id {unknown!r} (query {qid!r}) is not in {path / 'corpus.jsonl'}")
+    qrels = load_qrels(qrels_path, queries, corpus, skipped)
     return BeirDataset(name, corpus, {q: queries[q] for q in qrels}, qrels, split)
 
 

@@ -1,4 +1,4 @@
-"""LightningDataModule serving tokenised (query, G documents, teacher scores) groups."""
+"""LightningDataModule serving tokenised (query, G documents, teacher target) groups from a prepared set."""
 
 import logging
 import random
@@ -7,26 +7,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 from transformers import PreTrainedTokenizerBase
 
-from src.data.beir import BeirDataset, load_beir, subsample
-from src.data.mining import Group, MiningConfig, load_or_build_groups
+from src.data.groups import GroupRecord, PreparedSet
+from src.teachers import combine
 
 log = logging.getLogger(__name__)
-
-
-class GroupDataset(Dataset):
-    """Texts of each group: (query, [positive, negatives...], teacher scores)."""
-
-    def __init__(self, groups: list[tuple[str, list[str], list[float]]]):
-        self.groups = groups
-
-    def __len__(self) -> int:
-        return len(self.groups)
-
-    def __getitem__(self, i: int) -> tuple[str, list[str], list[float]]:
-        return self.groups[i]
 
 
 class LengthBucketSampler(Sampler[list[int]]):
@@ -62,83 +49,81 @@ class LengthBucketSampler(Sampler[list[int]]):
 
 
 class GroupCollator:
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, query_max_length: int):
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.query_max_length = query_max_length
+    """Tokenises a batch of groups and turns its teachers' scores into one (N, G) target: each teacher
+    min-max normalised over this batch, then averaged (`src.teachers.combine`), times `scale`."""
 
-    def __call__(self, batch: list[tuple[str, list[str], list[float]]]) -> dict[str, torch.Tensor]:
-        queries, docs, scores = zip(*batch, strict=True)
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
+        query_max_length: int,
+        normalize: str = "minmax",
+        weights: dict[str, float] | None = None,
+        scale: float = 1.0,
+    ):
+        self.tokenizer = tokenizer
+        self.max_length, self.query_max_length = max_length, query_max_length
+        self.normalize, self.weights, self.scale = normalize, weights, scale
+
+    def __call__(self, batch: list[GroupRecord]) -> dict[str, torch.Tensor]:
         q = self.tokenizer(
-            list(queries), padding=True, truncation=True, max_length=self.query_max_length, return_tensors="pt"
+            [g.query for g in batch],
+            padding=True,
+            truncation=True,
+            max_length=self.query_max_length,
+            return_tensors="pt",
         )
         d = self.tokenizer(
-            [t for group in docs for t in group],
+            [doc for g in batch for doc in g.docs],
             padding=True,
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
         )
+        scores = {name: torch.tensor([g.scores[name] for g in batch], dtype=torch.float32) for name in batch[0].scores}
         return {
             "query_ids": q["input_ids"],  # (N, Lq)
             "query_mask": q["attention_mask"],
             "doc_ids": d["input_ids"],  # (N*G, Ld)
             "doc_mask": d["attention_mask"],
-            "teacher_scores": torch.tensor(scores, dtype=torch.float32),  # (N, G)
+            "teacher_scores": combine(scores, self.normalize, self.weights) * self.scale,  # (N, G)
         }
 
 
 class DistillationDataModule(L.LightningDataModule):
-    """Train splits of BEIR datasets turned into distillation groups (mined once, then cached)."""
+    """Groups of a prepared set (src/prepare.py), read from disk item by item."""
 
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
-        data_dir: str,
-        datasets: list[str],
-        split: str,
-        mining: MiningConfig,
-        cache_dir: str,
+        prepared_dir: str | Path,
         batch_size: int,
         max_length: int,
         query_max_length: int,
-        max_queries: int | None = None,
+        normalize: str = "minmax",
+        weights: dict[str, float] | None = None,
+        scale: float = 1.0,
         num_workers: int = 0,
-        download: bool = False,
         seed: int = 0,
         bucket_by_length: bool = True,
     ):
         super().__init__()
-        self.tokenizer = tokenizer
-        self.data_dir, self.dataset_names, self.split = data_dir, list(datasets), split
-        self.mining, self.cache_dir = mining, Path(cache_dir)
-        self.batch_size, self.num_workers, self.download, self.seed = batch_size, num_workers, download, seed
-        self.max_queries, self.bucket_by_length, self.max_length = max_queries, bucket_by_length, max_length
-        self.collate = GroupCollator(tokenizer, max_length, query_max_length)
-        self.train_set: GroupDataset | None = None
-        self.corpora: list[BeirDataset] = []
+        self.prepared_dir = Path(prepared_dir)
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.bucket_by_length = bucket_by_length
+        self.collate = GroupCollator(tokenizer, max_length, query_max_length, normalize, weights, scale)
+        self.train_set: PreparedSet | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        rows: list[tuple[str, list[str], list[float]]] = []
-        for name in self.dataset_names:
-            # max_queries cuts before mining, so the teacher only scores what is used
-            dataset = subsample(load_beir(self.data_dir, name, self.split, self.download), self.max_queries, None)
-            self.corpora.append(dataset)
-            groups: list[Group] = load_or_build_groups(dataset, self.mining, self.cache_dir)
-            rows += [
-                (dataset.queries[g.query_id], [dataset.corpus[d] for d in g.doc_ids], g.teacher_scores) for g in groups
-            ]
-            log.info("%s/%s: %d training groups", name, self.split, len(groups))
-        self.train_set = GroupDataset(rows)
+        if self.train_set is None:
+            self.train_set = PreparedSet(self.prepared_dir)
+            log.info(
+                "%s: %d training groups, teachers %s", self.prepared_dir, len(self.train_set), self.train_set.teachers
+            )
 
     def doc_lengths(self) -> list[int]:
-        """Tokens of each group's longest document (capped at max_length): its padded length."""
-        docs = [doc for _, group, _ in self.train_set.groups for doc in group]
-        ids = self.tokenizer(docs, truncation=True, max_length=self.max_length, verbose=False)["input_ids"]
-        group_size = len(self.train_set.groups[0][1])
-        return [max(map(len, ids[i : i + group_size])) for i in range(0, len(ids), group_size)]
+        """Characters of each group's longest document: a tokenizer-free proxy for its padded length."""
+        return [max(map(len, group.docs)) for group in self.train_set]
 
     def train_dataloader(self) -> DataLoader:
         if self.bucket_by_length:
