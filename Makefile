@@ -21,7 +21,7 @@ DATA_DIR := $(abspath ../shared/data/beir)
 endif
 export HF_HUB_OFFLINE TRANSFORMERS_OFFLINE WANDB_MODE DATA_DIR
 
-.PHONY: install train test lint format clean bench bench-retrieval
+.PHONY: install train prepare test lint format clean bench bench-retrieval
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ $(STAMP): pyproject.toml
 # Extra Hydra overrides: make train ARGS="activation=log2 mask.t=200"
 train: $(STAMP)
 	$(PY) -m src.train $(ARGS)
+
+# Build a training set on disk: make prepare ARGS="datasets=[scifact,nfcorpus] paths.output_dir=/tmp/cpu_small"
+prepare: $(STAMP)
+	$(PY) -m src.prepare $(ARGS)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -ra $(PYTEST_ARGS)

@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -131,7 +132,7 @@ def write_shard(path: Path, records: Iterable[GroupRecord]) -> ShardInfo:
 class PreparedSet:
     """Random access to a prepared folder's groups, reading one line per item from disk.
 
-    Opening checks every shard against the manifest (row count and SHA-256), so a truncated or
+    Opening checks every shard against the manifest's SHA-256, so a truncated or
     edited shard is named up front rather than found mid-training. Files are opened lazily, per
     process, so DataLoader workers each get their own handles.
     """
@@ -141,32 +142,37 @@ class PreparedSet:
         self.manifest = Manifest.load(self.folder)
         self.teachers = list(self.manifest.teachers)
         self.group_size = self.manifest.group_size
-        self._locate: list[tuple[int, int, int]] = []  # item -> (shard, byte offset, byte length)
-        self._first_item: list[int] = []  # shard -> its first item, for line numbers in messages
+        shard_of, starts, ends = [], [], []  # per item: its shard, and its line's byte range
         for shard_no, shard in enumerate(self.manifest.shards):
-            self._first_item.append(len(self._locate))
             path = self.folder / shard.file
             if not path.is_file():
                 raise DataError(f"{path}: listed in {self.folder / MANIFEST} but missing")
             data = path.read_bytes()
             if hashlib.sha256(data).hexdigest() != shard.sha256:
                 raise DataError(f"{path}: SHA-256 differs from {MANIFEST}: the shard was changed or truncated")
-            ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n")) + 1  # (rows,)
-            starts = np.concatenate([[0], ends[:-1]])
-            self._locate += [(shard_no, int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)]
-        self._handles: dict[int, object] = {}
+            line_ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n")) + 1  # (rows,)
+            ends.append(line_ends)
+            starts.append(np.concatenate([[0], line_ends[:-1]]))
+            shard_of.append(np.full(len(line_ends), shard_no))
+        # numpy, not lists of tuples: 8 bytes per number keeps a 500k-group index in a few MB
+        self._shard_of = np.concatenate(shard_of) if shard_of else np.zeros(0, dtype=np.int64)
+        self._start = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+        self._end = np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64)
+        self._first_item = np.searchsorted(self._shard_of, np.arange(len(self.manifest.shards)))  # for line numbers
+        self._handles: dict[int, BinaryIO] = {}
 
     def __len__(self) -> int:
-        return len(self._locate)
+        return len(self._start)
 
     def __getitem__(self, i: int) -> GroupRecord:
-        shard_no, offset, length = self._locate[i]
+        shard_no, start, end = int(self._shard_of[i]), int(self._start[i]), int(self._end[i])
+        shard = self.folder / self.manifest.shards[shard_no].file
         f = self._handles.get(shard_no)
         if f is None:
-            f = self._handles[shard_no] = open(self.folder / self.manifest.shards[shard_no].file, "rb")  # noqa: SIM115
-        f.seek(offset)
-        line = f.read(length)
-        where = f"{self.folder / self.manifest.shards[shard_no].file}:{i - self._first_item[shard_no] + 1}"
+            f = self._handles[shard_no] = open(shard, "rb")  # noqa: SIM115 (kept open for the next items)
+        f.seek(start)
+        line = f.read(end - start)
+        where = f"{shard}:{i - int(self._first_item[shard_no]) + 1}"
         return GroupRecord.parse(line, where, self.group_size, self.teachers)
 
     def __iter__(self) -> Iterator[GroupRecord]:

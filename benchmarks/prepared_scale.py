@@ -1,0 +1,72 @@
+"""How a prepared set of MS MARCO's size behaves: open time, memory, random reads.
+
+    python benchmarks/prepared_scale.py [--groups 500000] [--dir /tmp/prepared_scale]
+
+Writes `--groups` synthetic groups (G=2, passages of MS MARCO's mean length, ~330 characters) in shards of
+10,000 with `write_shard` + `Manifest`, then opens the set with `PreparedSet` and reports the seconds and the
+resident memory it takes, and the rate of random single-item reads (what a shuffled DataLoader does).
+"""
+
+import argparse
+import random
+import resource
+import time
+from pathlib import Path
+
+from src.data.groups import GroupRecord, Manifest, PreparedSet, write_shard
+
+WORDS = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on"]
+
+
+def text(rng: random.Random, chars: int) -> str:
+    words: list[str] = []
+    while sum(map(len, words)) + len(words) < chars:
+        words.append(rng.choice(WORDS))
+    return " ".join(words)
+
+
+def build(folder: Path, groups: int, shard_size: int = 10_000) -> None:
+    rng = random.Random(0)
+    shards = []
+    for start in range(0, groups, shard_size):
+        records = [
+            GroupRecord(str(i), text(rng, 35), [f"{i}a", f"{i}b"], [text(rng, 330), text(rng, 330)], {"ce": [5.0, 0.0]})
+            for i in range(start, min(groups, start + shard_size))
+        ]
+        shards.append(write_shard(folder / f"synthetic-{len(shards):05d}.jsonl", records))
+    Manifest(2, ["ce"], shards, {"synthetic": {"groups": groups}}, {}).save(folder)
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--groups", type=int, default=500_000)
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/prepared_scale"))
+    args = parser.parse_args()
+    if not (args.dir / "manifest.json").is_file():
+        start = time.perf_counter()
+        build(args.dir, args.groups)
+        print(f"wrote {args.groups:,} groups in {time.perf_counter() - start:.1f} s", flush=True)
+    size = sum(p.stat().st_size for p in args.dir.glob("*.jsonl")) / 2**20
+    before = rss_mib()
+    start = time.perf_counter()
+    prepared = PreparedSet(args.dir)
+    opened = time.perf_counter() - start
+    rng = random.Random(1)
+    picks = [rng.randrange(len(prepared)) for _ in range(20_000)]
+    start = time.perf_counter()
+    for i in picks:
+        prepared[i]
+    reads = len(picks) / (time.perf_counter() - start)
+    print(
+        f"{len(prepared):,} groups, {size:,.0f} MiB of shards: opened (SHA-256 checked) in {opened:.1f} s, "
+        f"peak RSS {before:,.0f} -> {rss_mib():,.0f} MiB; {reads:,.0f} random reads/s",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
