@@ -43,14 +43,16 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def search_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The dtype of the vocabulary GEMM, None for the features' own: "auto" takes bf16 where it is native.
+    """The dtype of the vocabulary GEMM, None for the features' own: "auto" takes bf16 on CPUs where it is
+    native, fp32 elsewhere. On an H100 (benchmarks/gpu_check.py) the fp32 GEMM is already cheap and the
+    per-document fp32 recompute of bf16 candidates made the bf16 head slower (forward 6.9 vs 2.5 ms at 32 x 256).
 
     Results are exact in the features' dtype either way (see _MaxPooledLogits.forward).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"head precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
-        precision = "bf16" if native_bf16(device) else "fp32"
+        precision = "bf16" if device.type == "cpu" and native_bf16(device) else "fp32"
     return torch.bfloat16 if precision == "bf16" else None
 
 
