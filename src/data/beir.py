@@ -67,32 +67,59 @@ def dataset_dir(data_dir: str | Path, name: str, download: bool = False) -> Path
     )
 
 
-def _read_jsonl(path: Path, fields: tuple[str, ...]) -> list[dict]:
+# BEIR ids are strings, but some converted sets write integers: those are read as their digits, as qrels give them.
+_ID = (str, int)
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
+
+
+def _check_utf8(line: str, where: str) -> None:
+    """Files are opened with errors="surrogateescape", so that a byte that is not UTF-8 is named here by its
+    line, rather than raised by the decoder for whichever 8 KB block it happened to be reading."""
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError as err:
+        byte = ord(line[err.start]) - 0xDC00  # surrogateescape maps byte b to U+DC00 + b
+        raise DataError(f"{where}: not valid UTF-8 (byte {byte:#04x} at column {err.start + 1})") from None
+
+
+def _json_type(value: object) -> str:
+    return _JSON_TYPES.get(type(value), "null")
+
+
+def _read_jsonl(path: Path, fields: dict[str, tuple[type, ...]]) -> list[dict]:
+    """The rows of a JSON-lines file; `fields`: the types each field may have (with NoneType: null or absent)."""
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for line_no, line in enumerate(f, start=1):
+            _check_utf8(line, f"{path}:{line_no}")
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
-            missing = [k for k in fields if k not in row]
+            except (ValueError, RecursionError) as err:  # besides bad syntax: integers past 4300 digits, deep nesting
+                raise DataError(f"{path}:{line_no}: not valid JSON ({getattr(err, 'msg', err)})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{line_no}: expected a JSON object, got {_json_type(row)}")
+            missing = [k for k in fields if k not in row and type(None) not in fields[k]]
             if missing:
                 raise DataError(f"{path}:{line_no}: missing field(s) {', '.join(missing)}")
+            # exact types: a bool is not an id, and a null or an object must not reach the corpus as its repr
+            wrong = [f"{k} is {_json_type(row.get(k))}" for k in fields if type(row.get(k)) not in fields[k]]
+            if wrong:
+                raise DataError(f"{path}:{line_no}: field(s) of the wrong type: {', '.join(wrong)}")
             rows.append(row)
     return rows
 
 
 def load_corpus(path: Path) -> dict[str, str]:
-    rows = _read_jsonl(path, ("_id", "text"))
+    rows = _read_jsonl(path, {"_id": _ID, "text": (str,), "title": (str, type(None))})
     if not rows:
         raise DataError(f"{path}: the corpus is empty")
     return {str(r["_id"]): f"{r.get('title') or ''} {r['text']}".strip() for r in rows}
 
 
 def load_queries(path: Path) -> dict[str, str]:
-    return {str(r["_id"]): r["text"] for r in _read_jsonl(path, ("_id", "text"))}
+    return {str(r["_id"]): r["text"] for r in _read_jsonl(path, {"_id": _ID, "text": (str,)})}
 
 
 def load_qrels(
@@ -108,8 +135,9 @@ def load_qrels(
     practice), a logged warning counted under "qrels_unknown_query" / "qrels_unknown_doc".
     """
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8", newline=None) as f:
+    with open(path, encoding="utf-8", errors="surrogateescape", newline=None) as f:
         for line_no, line in enumerate(f, start=1):
+            _check_utf8(line, f"{path}:{line_no}")
             parts = line.rstrip("\r\n").split("\t")
             if line_no == 1 and parts[0] == "query-id":
                 continue

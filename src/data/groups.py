@@ -58,7 +58,7 @@ class GroupRecord:
         """`where` is "file:line" for the error message."""
         try:
             row = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        except (ValueError, RecursionError) as err:  # bad JSON or UTF-8; integers past 4300 digits; deep nesting
             raise DataError(f"{where}: not a valid JSON line ({err})") from None
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
@@ -66,6 +66,17 @@ class GroupRecord:
         if missing:
             raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
         record = cls(**{k: row[k] for k in ("query_id", "query", "doc_ids", "docs", "scores")})
+        if not (
+            isinstance(record.query_id, str)
+            and isinstance(record.query, str)
+            and all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in (record.doc_ids, record.docs))
+            and isinstance(record.scores, dict)
+            and all(isinstance(s, list) and all(type(x) in (int, float) for x in s) for s in record.scores.values())
+        ):  # checked here, or a wrong type surfaces mid-training as a TypeError from the collate function
+            raise DataError(
+                f'{where}: expected "query_id" and "query" strings, "doc_ids" and "docs" lists of strings, '
+                '"scores" an object of lists of numbers'
+            )
         if len(record.docs) != group_size or len(record.doc_ids) != group_size:
             raise DataError(f"{where}: {len(record.docs)} documents, the set's group size is {group_size}")
         if sorted(record.scores) != sorted(teachers):
@@ -104,14 +115,36 @@ class Manifest:
                 f"{path} does not exist: {folder} is not a complete prepared training set "
                 f"(run `python -m src.prepare paths.output_dir={folder}`; an interrupted run resumes)"
             )
+        data = path.read_bytes()
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            raw = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            line_no = data[: err.start].count(b"\n") + 1
+            raise DataError(f"{path}:{line_no}: not valid UTF-8 (byte {data[err.start]:#04x})") from None
         except json.JSONDecodeError as err:
             raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-        if raw.get("format") != FORMAT or raw.get("version") != VERSION:
-            raise DataError(f"{path}: format {raw.get('format')!r} v{raw.get('version')}, expected {FORMAT} v{VERSION}")
-        raw["shards"] = [ShardInfo(**s) for s in raw["shards"]]
-        return cls(**raw)
+        except (ValueError, RecursionError) as err:  # integers past 4300 digits, deep nesting
+            raise DataError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("version") != VERSION:
+            found = f"format {raw.get('format')!r} v{raw.get('version')}" if isinstance(raw, dict) else "not an object"
+            raise DataError(f"{path}: {found}, expected {FORMAT} v{VERSION}")
+        try:
+            raw["shards"] = [ShardInfo(**s) for s in raw["shards"]]
+            manifest = cls(**raw)
+        except (KeyError, TypeError) as err:  # a field missing or unknown, or a shard that is not an object
+            raise DataError(f"{path}: not a manifest of this version ({err})") from None
+        types = {"group_size": int, "teachers": list, "shards": list, "counts": dict, "config": dict}
+        wrong = [k for k, kind in types.items() if type(getattr(manifest, k)) is not kind]
+        if "teachers" not in wrong and not all(isinstance(t, str) for t in manifest.teachers):
+            wrong.append("teachers")
+        wrong += [
+            f"shards[{i}]"
+            for i, s in enumerate(manifest.shards)
+            if not (isinstance(s.file, str) and type(s.rows) is int and isinstance(s.sha256, str))
+        ]
+        if wrong:  # checked here: PreparedSet and prepare's resume use these fields as given
+            raise DataError(f"{path}: field(s) of the wrong type: {', '.join(wrong)}")
+        return manifest
 
 
 def sha256_file(path: Path) -> str:
@@ -151,8 +184,10 @@ class PreparedSet:
             if hashlib.sha256(data).hexdigest() != shard.sha256:
                 raise DataError(f"{path}: SHA-256 differs from {MANIFEST}: the shard was changed or truncated")
             line_ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n")) + 1  # (rows,)
+            if len(line_ends) != shard.rows or not data.endswith(b"\n"):  # a re-signed shard can still be cut short
+                raise DataError(f"{path}: {len(line_ends)} complete lines, {MANIFEST} says {shard.rows}")
             ends.append(line_ends)
-            starts.append(np.concatenate([[0], line_ends[:-1]]))
+            starts.append(np.concatenate([[0], line_ends])[:-1])  # not [0] for a shard without a line end
             shard_of.append(np.full(len(line_ends), shard_no))
         # numpy, not lists of tuples: 8 bytes per number keeps a 500k-group index in a few MB
         self._shard_of = np.concatenate(shard_of) if shard_of else np.zeros(0, dtype=np.int64)

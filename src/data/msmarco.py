@@ -217,8 +217,14 @@ def load_ce_scores(path: Path) -> dict[int, dict[int, float]]:
     with _open(path) as f:
         try:
             scores = _ScoresUnpickler(f, path).load()
-        except (pickle.UnpicklingError, gzip.BadGzipFile, EOFError, zlib.error) as err:
-            raise DataError(f"{path}: not a readable (gzipped) pickle ({err})") from None
+        except DataError:
+            raise
+        except MemoryError:  # a damaged length field asks for exabytes; the real file needs tens of GB
+            raise DataError(
+                f"{path}: not a readable (gzipped) pickle: out of memory (a damaged file, or too little memory)"
+            ) from None
+        except Exception as err:  # damaged pickle data raises most anything (KeyError, TypeError, ValueError, ...)
+            raise DataError(f"{path}: not a readable (gzipped) pickle ({type(err).__name__}: {err})") from None
     if not isinstance(scores, dict):
         raise DataError(f"{path}: expected a dict qid -> {{pid: score}}, got {type(scores).__name__}")
     return scores
@@ -227,10 +233,10 @@ def load_ce_scores(path: Path) -> dict[int, dict[int, float]]:
 def _parse_hard_negatives_line(raw: bytes, where: str) -> tuple[int, list, dict[str, list]]:
     try:
         row = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{where}: not a valid JSON line ({err.msg})") from None
     except UnicodeDecodeError:
         raise DataError(f"{where}: not valid UTF-8") from None
+    except (ValueError, RecursionError) as err:  # besides bad syntax: integers past 4300 digits, deep nesting
+        raise DataError(f"{where}: not a valid JSON line ({getattr(err, 'msg', err)})") from None
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
     missing = [k for k in ("qid", "pos", "neg") if k not in row]
@@ -241,6 +247,8 @@ def _parse_hard_negatives_line(raw: bytes, where: str) -> tuple[int, list, dict[
         raise DataError(f'{where}: expected "qid" an integer, "pos" a list and "neg" an object')
     if not all(isinstance(pids, list) for pids in neg.values()):
         raise DataError(f'{where}: every system in "neg" needs a list of passage ids')
+    if not all(isinstance(p, int) for pids in (pos, *neg.values()) for p in pids):  # they are looked up in dicts
+        raise DataError(f'{where}: the passage ids in "pos" and "neg" must be integers')
     return qid, pos, neg
 
 
