@@ -1,8 +1,10 @@
 """LightningModule: inference-free sparse retriever trained by distillation + masked FLOPS."""
 
+import random
 from collections.abc import Callable
 
 import lightning as L
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -39,6 +41,29 @@ class SparseRetrieverModule(L.LightningModule):
         self.query_encoder = query_encoder
         self.loss_fn = get_loss(cfg.loss.name)
         self.reg, self.mask, self.optim = cfg.reg, cfg.mask, cfg.optim
+
+    # Exact resume: the RNG streams (dropout) continue where the checkpoint left them. Restored at train start,
+    # after everything Lightning does between loading the checkpoint and the first resumed step.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_states = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        states = getattr(self, "_rng_states", None)
+        if states:
+            torch.set_rng_state(states["torch"])
+            random.setstate(states["python"])
+            np.random.set_state(states["numpy"])
+            if "cuda" in states and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
+            self._rng_states = None
 
     def lambda_now(self) -> float:
         return lambda_at(self.global_step, self.reg.schedule, self.reg.lambda_d, self.reg.T)

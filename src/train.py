@@ -1,7 +1,9 @@
 """Train an inference-free sparse retriever, then evaluate it on BEIR: `python -m src.train`."""
 
+import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -10,14 +12,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
-from src.config import resolve_output_dir, validate
+from src.checkpoints import AtomicCheckpointIO, StepCheckpoint, latest_valid
+from src.config import ConfigError, per_device_batch_size, resolve_output_dir, validate
 from src.data.beir import load_beir, subsample
 from src.data.groups import PreparedSet
 from src.data.module import DistillationDataModule
 from src.encoders import DocEncoder, IdfQueryEncoder, load_idf, load_tokenizer
 from src.evaluation import EvalSettings, evaluate_dataset, format_table
 from src.export import export_model, model_folder
-from src.io import atomic_write_json
+from src.guards import TrainingGuard
+from src.io import atomic_write_json, atomic_write_text
 from src.module import SparseRetrieverModule
 from src.prepare import SETTINGS, prepare, prepared_key
 
@@ -65,7 +69,7 @@ def _datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, folder: Pat
     return DistillationDataModule(
         tokenizer,
         prepared_dir=folder,
-        batch_size=cfg.data.batch_size,
+        batch_size=per_device_batch_size(cfg),
         max_length=cfg.model.max_length,
         query_max_length=cfg.model.query_max_length,
         normalize=scores.normalize,
@@ -80,8 +84,17 @@ def _datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, folder: Pat
 def train(cfg: DictConfig) -> dict:
     """Trains, evaluates, saves the model and writes results.json; returns its content."""
     validate(cfg)  # fails on bad keys and missing data before any model is loaded
+    if cfg.resume:
+        cfg.paths.output_dir = cfg.resume
     output_dir = resolve_output_dir(cfg)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    finished = _check_run_dir(cfg, output_dir)
+    if finished is not None:
+        return finished
+    checkpoint = latest_valid(output_dir / "checkpoints")
+    if checkpoint is not None:
+        log.info("resuming from %s", checkpoint)
+    elif cfg.resume:
+        raise ConfigError(f"resume: {output_dir} has no complete checkpoint under checkpoints/ to resume from")
     L.seed_everything(cfg.seed, workers=True)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -101,15 +114,29 @@ def train(cfg: DictConfig) -> dict:
     module = SparseRetrieverModule(doc_encoder, query_encoder, cfg)
 
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=logger, default_root_dir=str(output_dir))
+    guard = TrainingGuard(cfg.guard.doc_len_floor, cfg.guard.patience, cfg.guard.check_finite)
+    saver = StepCheckpoint(output_dir / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.keep, guard.stopped)
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        logger=logger,
+        default_root_dir=str(output_dir),
+        callbacks=[guard, saver],  # the guard first: a diverged step is never checkpointed
+        plugins=[AtomicCheckpointIO()],
+    )
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    with warnings.catch_warnings():
+        # Lightning cannot see that the datamodule's sampler resumes mid-epoch (state_dict / load_state_dict).
+        warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     train_wall = time.perf_counter() - start
 
-    export_model(doc_encoder, tokenizer, query_encoder.idf.detach(), output_dir / "model")
-
-    evals = {name: _evaluate(cfg, name, doc_encoder, query_encoder, tokenizer) for name in cfg.eval.datasets}
+    evals = {}
+    if guard.status != "diverged":  # NaN weights: nothing worth exporting or evaluating; checkpoints keep the last good
+        export_model(doc_encoder, tokenizer, query_encoder.idf.detach(), output_dir / "model")
+        evals = {name: _evaluate(cfg, name, doc_encoder, query_encoder, tokenizer) for name in cfg.eval.datasets}
     results = {
+        "status": guard.status,  # finished | collapsed | diverged
+        **({"reason": guard.reason} if guard.stopped() else {}),
         "config": _run_config(cfg, datamodule.train_set),
         "train": {
             "steps": trainer.global_step,
@@ -124,11 +151,42 @@ def train(cfg: DictConfig) -> dict:
         summary["eff/flops"] = sum(b["flops"] for b in evals.values()) / max(1, len(evals))
         summary["eff/doc_len"] = sum(b["doc_len"] for b in evals.values()) / max(1, len(evals))
         logger.log_metrics(summary, step=trainer.global_step)
-        logger.finalize("success")
+        logger.finalize("success" if not guard.stopped() else guard.status)
         if hasattr(logger.experiment, "finish"):  # close the W&B run so the offline folder is complete
             logger.experiment.finish()
     _print_summary(results, output_dir)
     return results
+
+
+def _check_run_dir(cfg: DictConfig, output_dir: Path) -> dict | None:
+    """A run dir belongs to one config: the first start records it; a restart (to resume) must match it.
+    Returns the results of a run that already finished there, so rerunning its command does nothing."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    recorded = output_dir / "run_config.yaml"
+    current = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("resume", "num_threads"):  # neither changes what the run computes
+        current.pop(key)
+    current["paths"].pop("output_dir")  # the folder itself
+    if recorded.is_file():
+        before = OmegaConf.to_container(OmegaConf.load(recorded))
+        changed = sorted(_differences(before, current))
+        if changed:
+            raise ConfigError(
+                f"paths.output_dir: {output_dir} holds a run with another config (differs in {', '.join(changed)}); "
+                "rerun with the same settings to resume it, or choose another folder"
+            )
+        if (output_dir / "results.json").is_file():
+            log.info("%s already finished; its results.json stands", output_dir)
+            return json.loads((output_dir / "results.json").read_text())
+    else:
+        atomic_write_text(recorded, OmegaConf.to_yaml(OmegaConf.create(current)))
+    return None
+
+
+def _differences(a: object, b: object, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in a.keys() | b.keys() for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
 
 
 def _evaluate(

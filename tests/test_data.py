@@ -54,11 +54,11 @@ def test_length_buckets_cover_each_group_once_and_cut_padding():
 
     gen = random.Random(0)
     lengths = [gen.randint(20, 256) for _ in range(1000)]
-    sampler = LengthBucketSampler(lengths, batch_size=8, seed=3)
+    sampler = LengthBucketSampler(1000, batch_size=8, seed=3, lengths=lengths)
     batches = list(sampler)
     assert len(batches) == len(sampler) == 125 and all(len(b) == 8 for b in batches)
     assert sorted(i for b in batches for i in b) == list(range(1000))
-    assert batches == list(LengthBucketSampler(lengths, batch_size=8, seed=3))  # same seed, same batches
+    assert batches == list(LengthBucketSampler(1000, batch_size=8, seed=3, lengths=lengths))  # same seed, same batches
     sampler.set_epoch(1)
     assert list(sampler) != batches  # a new order each epoch
 
@@ -67,3 +67,25 @@ def test_length_buckets_cover_each_group_once_and_cut_padding():
 
     unbucketed = [list(range(i, i + 8)) for i in range(0, 1000, 8)]
     assert padding(batches) < 0.1 * padding(unbucketed)
+
+
+@pytest.mark.parametrize("lengths", [None, [random.Random(1).randint(20, 256) for _ in range(100)]])
+def test_sampler_resumed_at_any_batch_continues_the_same_order(lengths):
+    from src.data.module import LengthBucketSampler
+
+    def run(sampler: LengthBucketSampler, epochs: range) -> list[list[int]]:
+        served = []
+        for epoch in epochs:
+            sampler.set_epoch(epoch)
+            served += list(sampler)
+        return served
+
+    whole = run(LengthBucketSampler(100, 8, seed=5, lengths=lengths), range(3))  # 12 batches per epoch
+    assert len(whole) == 36 and sorted(i for b in whole[:12] for i in b) == sorted(
+        set(i for b in whole[:12] for i in b)
+    )
+    for done in (0, 5, 12, 19):
+        resumed = LengthBucketSampler(100, 8, seed=5, lengths=lengths, start_batch=done)
+        first = list(resumed)  # before Lightning's set_epoch: the resumed epoch
+        rest = run(resumed, range(done // 12 + 1, 3))
+        assert first + rest == whole[done:], f"resumed after {done} batches"

@@ -92,6 +92,7 @@ def test_bf16_run_on_a_prepared_set_without_recomputing_it(tmp_path, data_dir, c
     cfg = compose_train(
         "debug=smoke",
         "trainer.max_steps=3",
+        "optim.warmup_steps=1",
         "trainer.log_every_n_steps=1",
         "trainer.precision=bf16-mixed",
         "data.max_queries=64",

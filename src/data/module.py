@@ -17,35 +17,52 @@ log = logging.getLogger(__name__)
 
 
 class LengthBucketSampler(Sampler[list[int]]):
-    """Batches of groups with similar document lengths, so little of each batch is padding.
+    """Seeded batches of groups, optionally of similar document lengths, resumable at any batch.
 
-    Each epoch shuffles the groups (seed + epoch), cuts them into pools of `pool_batches` batches,
-    sorts each pool by length and serves the pool's batches in shuffled order: batches stay random
-    in content and order, but their documents are padded to a similar length. Incomplete batches
-    are dropped, as with `drop_last`.
+    Each epoch shuffles the groups (seed + epoch). With `lengths`, it cuts them into pools of
+    `pool_batches` batches, sorts each pool by length and serves the pool's batches in shuffled order:
+    batches stay random in content and order, but their documents are padded to a similar length.
+    Incomplete batches are dropped, as with `drop_last`. `start_batch` (batches already trained on,
+    counted from the first epoch) skips what a resumed run has seen, so it continues the same order.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, pool_batches: int = 32):
-        self.lengths, self.batch_size, self.seed, self.pool_batches = lengths, batch_size, seed, pool_batches
-        self.epoch = 0
+    def __init__(
+        self,
+        num_groups: int,
+        batch_size: int,
+        seed: int,
+        lengths: list[int] | None = None,
+        pool_batches: int = 32,
+        start_batch: int = 0,
+    ):
+        self.num_groups, self.batch_size, self.seed = num_groups, batch_size, seed
+        self.lengths, self.pool_batches = lengths, pool_batches
+        # Lightning calls set_epoch at each epoch start; before that (its first prefetch) the resumed epoch holds.
+        self.epoch, self._skip = divmod(start_batch, max(1, len(self)))
+        self._skip_epoch = self.epoch
 
-    def set_epoch(self, epoch: int) -> None:  # Lightning calls it at every epoch start
+    def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.lengths) // self.batch_size
+        return self.num_groups // self.batch_size
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = random.Random(self.seed + self.epoch)
-        order = list(range(len(self.lengths)))
+        order = list(range(self.num_groups))
         rng.shuffle(order)
         order = order[: len(self) * self.batch_size]
-        pool_size = self.batch_size * self.pool_batches
+        pool_size = self.batch_size * (self.pool_batches if self.lengths else 1)
+        batches = []
         for start in range(0, len(order), pool_size):
-            pool = sorted(order[start : start + pool_size], key=lambda i: self.lengths[i])
-            batches = [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
-            rng.shuffle(batches)
-            yield from batches
+            pool = order[start : start + pool_size]
+            if self.lengths:
+                pool.sort(key=lambda i: self.lengths[i])
+            pooled = [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+            rng.shuffle(pooled)
+            batches += pooled
+        skip = self._skip if self.epoch == self._skip_epoch else 0
+        yield from batches[skip:]
 
 
 class GroupCollator:
@@ -113,6 +130,7 @@ class DistillationDataModule(L.LightningDataModule):
         self.bucket_by_length = bucket_by_length
         self.collate = GroupCollator(tokenizer, max_length, query_max_length, normalize, weights, scale)
         self.train_set: PreparedSet | None = None
+        self.start_batch = 0  # batches already trained on, when resuming
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
@@ -125,19 +143,16 @@ class DistillationDataModule(L.LightningDataModule):
         """Characters of each group's longest document: a tokenizer-free proxy for its padded length."""
         return [max(map(len, group.docs)) for group in self.train_set]
 
+    def state_dict(self) -> dict[str, int]:
+        """Saved in each checkpoint: where the data order stands, so a resumed run continues it."""
+        return {"batches_done": self.trainer.global_step * self.trainer.accumulate_grad_batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:  # Lightning calls it before train_dataloader()
+        self.start_batch = state["batches_done"]
+
     def train_dataloader(self) -> DataLoader:
-        if self.bucket_by_length:
-            sampler = LengthBucketSampler(self.doc_lengths(), self.batch_size, self.seed)
-            return DataLoader(
-                self.train_set, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers
-            )
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=True,
-            collate_fn=self.collate,
-            num_workers=self.num_workers,
-            generator=generator,
+        lengths = self.doc_lengths() if self.bucket_by_length else None
+        sampler = LengthBucketSampler(
+            len(self.train_set), self.batch_size, self.seed, lengths, start_batch=self.start_batch
         )
+        return DataLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers)

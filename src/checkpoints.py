@@ -1,0 +1,95 @@
+"""Checkpoints that survive being killed at any moment, and the choice of which one to resume from.
+
+Every checkpoint is written atomically (temporary file, fsync, rename) with a `.sha256` beside it, written
+after it: a checkpoint whose checksum is missing or differs was cut short or damaged, and is never loaded.
+`StepCheckpoint` keeps the newest `keep` of them, so a corrupt newest one still leaves one to resume from.
+"""
+
+import hashlib
+import io
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins import CheckpointIO
+
+from src.io import atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger(__name__)
+PATTERN = re.compile(r"step=(\d+)\.ckpt$")
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint file does not match its recorded checksum (or has none); the message names it."""
+
+
+def _checksum_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+class AtomicCheckpointIO(CheckpointIO):
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        data = buffer.getvalue()
+        atomic_write_bytes(Path(path), data)
+        atomic_write_text(_checksum_file(Path(path)), hashlib.sha256(data).hexdigest() + "\n")  # last: "complete"
+
+    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        data = verified_bytes(Path(path))
+        return torch.load(io.BytesIO(data), map_location=map_location or "cpu", weights_only=False)
+
+    def remove_checkpoint(self, path: str | Path) -> None:
+        Path(path).unlink(missing_ok=True)
+        _checksum_file(Path(path)).unlink(missing_ok=True)
+
+
+def verified_bytes(path: Path) -> bytes:
+    checksum = _checksum_file(path)
+    if not checksum.is_file():
+        raise CorruptCheckpoint(f"{path}: no {checksum.name} beside it: the write did not finish")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != checksum.read_text().strip():
+        raise CorruptCheckpoint(f"{path}: SHA-256 differs from {checksum.name}: the file is damaged")
+    return data
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """The step checkpoints in `folder`, newest first."""
+    found = [(int(m.group(1)), p) for p in Path(folder).glob("step=*.ckpt") if (m := PATTERN.search(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def latest_valid(folder: Path) -> Path | None:
+    """The newest checkpoint whose checksum holds; damaged ones are renamed `*.corrupt` and named in a warning."""
+    for path in checkpoints(folder):
+        try:
+            verified_bytes(path)
+            return path
+        except CorruptCheckpoint as err:
+            log.warning("%s; resuming from an older checkpoint", err)
+            path.rename(path.with_name(path.name + ".corrupt"))
+    return None
+
+
+class StepCheckpoint(L.Callback):
+    """Saves `step=<N>.ckpt` every `every_n_steps` optimizer steps into `folder`, keeping the newest `keep`.
+
+    `skip_when` (a callable) vetoes a save: the training guard uses it so a diverged state is never saved.
+    """
+
+    def __init__(self, folder: Path, every_n_steps: int, keep: int = 2, skip_when=lambda: False):
+        self.folder, self.every_n_steps, self.keep, self.skip_when = Path(folder), every_n_steps, keep, skip_when
+        self.last_saved = -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        step = trainer.global_step  # counts optimizer steps: with gradient accumulation, several batches share one
+        if step == 0 or step % self.every_n_steps or step == self.last_saved or self.skip_when():
+            return
+        self.last_saved = step
+        trainer.save_checkpoint(self.folder / f"step={step}.ckpt")
+        for old in checkpoints(self.folder)[self.keep :]:
+            trainer.strategy.remove_checkpoint(old)

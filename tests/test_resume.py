@@ -1,0 +1,138 @@
+"""Reliability of training runs: exact resume after SIGKILL, checksummed checkpoints, collapse and NaN guards,
+determinism. Real splade-tiny on real scifact, as `debug=smoke` runs it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from src import module as module_mod
+from src.checkpoints import AtomicCheckpointIO, CorruptCheckpoint, checkpoints, latest_valid
+from src.config import ConfigError
+from src.train import train
+from tests.conftest import ROOT, compose_train
+
+SMOKE = ["debug=smoke", "seed=7", "trainer.max_steps=20"]
+
+
+def _env(data_dir: Path, cache_dir: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATA_DIR": str(data_dir),
+        "L0_CACHE_DIR": str(cache_dir),
+        "WANDB_MODE": "offline",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+
+
+def _metrics(run: Path) -> dict:
+    results = json.loads((run / "results.json").read_text())
+    return {"status": results["status"], "eval": results["eval"], "train": {**results["train"], "wall_s": None}}
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_to_the_same_metrics_and_weights(tmp_path, data_dir, cache_dir):
+    """The issue's command: killed with SIGKILL once its first checkpoint is complete, then rerun with resume=DIR."""
+    env = _env(data_dir, cache_dir)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    cmd = [sys.executable, "-m", "src.train", *SMOKE]
+    done = subprocess.run([*cmd, f"paths.output_dir={whole}"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    proc = subprocess.Popen([*cmd, f"paths.output_dir={killed}"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list((killed / "checkpoints").glob("*.ckpt.sha256")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.json").exists(), "the run finished before it could be killed"
+    first = checkpoints(killed / "checkpoints")[-1].name
+
+    resumed = subprocess.run(
+        [*cmd, f"paths.output_dir={killed}", f"resume={killed}"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr + resumed.stdout and first != "step=20.ckpt"
+    assert _metrics(killed) == _metrics(whole)
+    assert (killed / "model" / "model.safetensors").read_bytes() == (whole / "model" / "model.safetensors").read_bytes()
+
+
+def test_same_seed_same_results_and_a_finished_dir_is_left_alone(tmp_path, data_dir, cache_dir, monkeypatch):
+    small = ["eval.max_queries=20", "eval.max_docs=300", "logger=csv", "trainer.max_steps=8", "data.max_queries=64"]
+    paths = [f"paths.data_dir={data_dir}", f"paths.cache_dir={cache_dir}"]
+    runs = []
+    for name in ("a", "b"):
+        train(compose_train(*SMOKE[:2], *small, *paths, f"paths.output_dir={tmp_path / name}"))
+        runs.append(_metrics(tmp_path / name))
+    assert runs[0] == runs[1]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run dir was trained again")
+
+    monkeypatch.setattr(module_mod, "distillation_loss", no_training)
+    again = train(compose_train(*SMOKE[:2], *small, *paths, f"paths.output_dir={tmp_path / 'a'}"))
+    assert again == json.loads((tmp_path / "a" / "results.json").read_text())
+    with pytest.raises(ConfigError, match=r"paths.output_dir: .* another config \(differs in seed\)"):
+        train(compose_train("debug=smoke", "seed=8", *small, *paths, f"paths.output_dir={tmp_path / 'a'}"))
+
+
+def test_damaged_checkpoints_are_detected_and_the_previous_one_used(tmp_path):
+    io = AtomicCheckpointIO()
+    for step in (5, 10, 15):
+        io.save_checkpoint({"step": step, "w": torch.arange(4.0) * step}, tmp_path / f"step={step}.ckpt")
+    newest = tmp_path / "step=15.ckpt"
+    newest.write_bytes(newest.read_bytes()[:-10])  # cut short after its checksum was written
+    (tmp_path / "step=10.ckpt.sha256").unlink()  # killed between the checkpoint and its checksum
+    with pytest.raises(CorruptCheckpoint, match=r"step=15\.ckpt: SHA-256 differs"):
+        io.load_checkpoint(newest)
+    assert latest_valid(tmp_path) == tmp_path / "step=5.ckpt"
+    assert (tmp_path / "step=15.ckpt.corrupt").exists() and (tmp_path / "step=10.ckpt.corrupt").exists()
+    assert io.load_checkpoint(tmp_path / "step=5.ckpt")["step"] == 5
+
+
+GUARDED = ["data.max_queries=64", "trainer.max_steps=8", "eval.max_queries=10", "eval.max_docs=100", "logger=csv"]
+
+
+def _guarded_run(tmp_path: Path, data_dir: Path, cache_dir: Path, *overrides: str) -> dict:
+    paths = [f"paths.output_dir={tmp_path}", f"paths.data_dir={data_dir}", f"paths.cache_dir={cache_dir}"]
+    return train(compose_train(*SMOKE[:2], *GUARDED, "checkpoint.every_n_steps=2", *paths, *overrides))
+
+
+def test_collapse_guard_stops_a_run_forced_to_collapse(tmp_path, data_dir, cache_dir):
+    """Plain FLOPS (no mask) at a huge lambda from the first step empties the documents."""
+    results = _guarded_run(
+        tmp_path, data_dir, cache_dir, "mask.t=null", "reg.lambda_d=1000", "reg.schedule=constant", "optim.lr=0.01",
+        "guard.doc_len_floor=1.0", "guard.patience=2",
+    )  # fmt: skip
+    assert results["status"] == "collapsed" and "train/doc_len stayed below 1.0" in results["reason"]
+    assert results["train"]["steps"] < 8 and results["train"]["doc_len"] < 1.0
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "collapsed"
+    assert results["eval"]["scifact"]["doc_len"] < 1.0  # evaluated as it is: the table shows the collapse
+
+
+def test_nan_guard_stops_a_diverged_run_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, cache_dir, monkeypatch):
+    real_loss = module_mod.distillation_loss
+    calls = []
+
+    def nan_from_step_5(*args, **kwargs):
+        out = real_loss(*args, **kwargs)
+        calls.append(1)
+        if len(calls) >= 5:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(module_mod, "distillation_loss", nan_from_step_5)
+    results = _guarded_run(tmp_path, data_dir, cache_dir)
+    assert results["status"] == "diverged" and "nan" in results["reason"].lower()
+    assert results["eval"] == {} and not (tmp_path / "model").exists()
+    saved = [p.name for p in checkpoints(tmp_path / "checkpoints")]
+    assert saved == ["step=4.ckpt", "step=2.ckpt"]  # none after the NaN step
