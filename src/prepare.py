@@ -9,6 +9,7 @@ continues with the first missing shard, and the result is byte-identical to an u
 (batches never cross shard boundaries). The manifest is written last; a complete DIR is left as is.
 """
 
+import json
 import logging
 import shutil
 from collections.abc import Callable, Iterable, Sequence
@@ -179,7 +180,7 @@ def _open_state(out: Path, key: str) -> dict[str, ShardInfo]:
     """Shards finished by an earlier run with the same key; refuses a folder holding something else."""
     state_file = out / STATE
     if state_file.is_file():
-        state = OmegaConf.to_container(OmegaConf.load(state_file))
+        state = json.loads(state_file.read_text())
         if state["key"] != key:
             raise ConfigError(
                 f"paths.output_dir: {out} holds an unfinished prepared set with different settings or inputs; "
