@@ -230,3 +230,15 @@ def test_msmarco_offline_without_files_names_the_key(tmp_path):
     cfg = compose_prepare("data=msmarco", f"paths.output_dir={tmp_path}")
     with pytest.raises(FileNotFoundError, match=r"msmarco\.hard_negatives"):
         prepare(cfg)
+
+
+def test_idf_cli_on_a_beir_folder_and_a_tsv_equals_the_prepared_sets(data_dir, scifact_set, tmp_path):
+    from src.data.beir import load_corpus
+    from src.idf import main as idf_main
+
+    idf_main([str(data_dir / "scifact"), "--out", str(tmp_path / "idf.json")])
+    assert (tmp_path / "idf.json").read_bytes() == (scifact_set / "idf.json").read_bytes()
+    corpus = load_corpus(data_dir / "scifact" / "corpus.jsonl")
+    (tmp_path / "collection.tsv").write_text("".join(f"{i}\t{t}\n" for i, t in corpus.items()))
+    idf_main([str(tmp_path / "collection.tsv"), "--out", str(tmp_path / "idf_tsv.json")])
+    assert (tmp_path / "idf_tsv.json").read_bytes() == (scifact_set / "idf.json").read_bytes()
