@@ -90,6 +90,6 @@ class StepCheckpoint(L.Callback):
         if step == 0 or step % self.every_n_steps or step == self.last_saved or self.skip_when():
             return
         self.last_saved = step
-        trainer.save_checkpoint(self.folder / f"step={step}.ckpt")
+        trainer.save_checkpoint(self.folder / f"step={step}.ckpt", weights_only=False)  # optimizer state too
         for old in checkpoints(self.folder)[self.keep :]:
             trainer.strategy.remove_checkpoint(old)

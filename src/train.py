@@ -9,6 +9,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
@@ -114,11 +115,14 @@ def train(cfg: DictConfig) -> dict:
     module = SparseRetrieverModule(doc_encoder, query_encoder, cfg)
 
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
+    # Every run keeps its per-step metrics in metrics/metrics.csv too: the notebook and the report read them there.
+    history = CSVLogger(save_dir=str(output_dir), name="", version="metrics")
+    loggers = [logger, history] if logger and not isinstance(logger, CSVLogger) else [logger or history]
     guard = TrainingGuard(cfg.guard.doc_len_floor, cfg.guard.patience, cfg.guard.check_finite)
     saver = StepCheckpoint(output_dir / "checkpoints", cfg.checkpoint.every_n_steps, cfg.checkpoint.keep, guard.stopped)
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
-        logger=logger,
+        logger=loggers,
         default_root_dir=str(output_dir),
         callbacks=[guard, saver],  # the guard first: a diverged step is never checkpointed
         plugins=[AtomicCheckpointIO()],

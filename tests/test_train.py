@@ -33,7 +33,7 @@ def test_few_steps_in_process_stay_finite_and_sparse(tmp_path, data_dir, cache_d
     results = train(cfg)
     assert results == json.loads((tmp_path / "results.json").read_text())
     assert results["train"]["steps"] == 6
-    with open(next(tmp_path.glob("csv/*/metrics.csv"))) as f:
+    with open(tmp_path / "metrics" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) == 6 and all(math.isfinite(x) for x in losses)
@@ -114,6 +114,6 @@ def test_bf16_run_on_a_prepared_set_without_recomputing_it(tmp_path, data_dir, c
     results = train(cfg)
     assert results["config"]["train_data"] == str(folder)
     assert results["config"]["teachers"] == ["splade-tiny", "bm25"]
-    with open(next(tmp_path.glob("csv/*/metrics.csv"))) as f:
+    with open(tmp_path / "metrics" / "metrics.csv") as f:
         losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
     assert len(losses) == 3 and all(math.isfinite(x) and x > 0 for x in losses)
