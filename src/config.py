@@ -38,7 +38,7 @@ from src.teachers import NORMALISATIONS, TeacherSpec
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # conf/tools holds the configs of the other entry points (src.prepare, src.evaluate, src.index), not a group of train.
-OTHER_CONFIG_TREES = ("tools",)
+OTHER_CONFIG_TREES = ("tools", "hydra")
 # Subtrees whose keys are not declared anywhere: logger.* goes to whichever logger class logger._target_ names;
 # data.teacher_scores.weights maps teacher names to weights. (Lists, e.g. data.teachers, are never walked.)
 FREE_FORM = ("logger", "data.teacher_scores.weights", "hydra")
