@@ -21,7 +21,7 @@ DATA_DIR := $(abspath ../shared/data/beir)
 endif
 export HF_HUB_OFFLINE TRANSFORMERS_OFFLINE WANDB_MODE DATA_DIR
 
-.PHONY: install train prepare test lint format clean bench bench-retrieval
+.PHONY: install train prepare sweep test lint format clean bench bench-retrieval reproduce-table
 
 install: $(STAMP)
 
@@ -37,6 +37,11 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(PY) -m src.train $(ARGS)
 
+# Run a sweep file offline: make sweep SWEEP=threshold ARGS="--dry-run" (see sweeps/README.md)
+SWEEP ?= threshold
+sweep: $(STAMP)
+	$(PY) -m src.sweep sweeps/$(SWEEP).yaml $(ARGS)
+
 # Build a training set on disk: make prepare ARGS="datasets=[scifact,nfcorpus] paths.output_dir=/tmp/cpu_small"
 prepare: $(STAMP)
 	$(PY) -m src.prepare $(ARGS)
@@ -45,12 +50,12 @@ test: $(STAMP) lint
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks notebooks
+	$(VENV)/bin/ruff format --check src tests benchmarks notebooks
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix src tests benchmarks
-	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks notebooks
+	$(VENV)/bin/ruff format src tests benchmarks notebooks
 
 # Exact top-k over a synthetic 1M-document corpus, our search vs a plain scipy product: queries/s and
 # peak memory to benchmarks/results_retrieval.json (~3 min; the corpus is generated once into .cache/).
@@ -63,6 +68,23 @@ bench-retrieval: $(STAMP)
 # benchmarks/results.json and prints a table (~12 min; QUICK=1: under 5). More flags: make bench ARGS="--device cuda"
 bench: $(STAMP)
 	$(PY) benchmarks/encode_train.py $(if $(QUICK),--quick) $(ARGS)
+
+# The protocol's table and frontier: trains every row of sweeps/<protocol>.yaml that has no results yet (a killed
+# run resumes), evaluates the BM25 and splade-tiny reference rows, then writes results/table.md and
+# results/frontier.png. PROTOCOL=paper runs the paper grid (hand it to a cluster: ARGS="--launcher slurm").
+PROTOCOL ?= cpu-small
+RESULTS ?= results
+REPORT_DATASETS = $(if $(filter paper,$(PROTOCOL)),$(BEIR13),scifact,nfcorpus)
+BEIR13 = trec-covid,nfcorpus,nq,hotpotqa,fiqa,arguana,webis-touche2020,dbpedia-entity,scidocs,fever,climate-fever,scifact,quora
+reproduce-table: $(STAMP)
+	@test -f sweeps/$(subst -,_,$(PROTOCOL)).yaml || { echo "PROTOCOL=$(PROTOCOL): no sweeps/$(subst -,_,$(PROTOCOL)).yaml (the paper grid arrives with the scale-out issue)"; exit 2; }
+	$(PY) -m src.sweep sweeps/$(subst -,_,$(PROTOCOL)).yaml --out $(RESULTS)/runs $(ARGS)
+	$(PY) -m src.evaluate mode=bm25 datasets=[$(REPORT_DATASETS)] paths.output_dir=$(RESULTS)/runs/reference-$(PROTOCOL)/bm25
+	$(PY) -m src.evaluate datasets=[$(REPORT_DATASETS)] paths.output_dir=$(RESULTS)/runs/reference-$(PROTOCOL)/splade-tiny
+	$(PY) -m src.report --runs $(RESULTS)/runs/$(PROTOCOL) --out $(RESULTS) --layout $(PROTOCOL) \
+		--datasets $(REPORT_DATASETS) --command "make reproduce-table PROTOCOL=$(PROTOCOL)" \
+		--reference BM25=$(RESULTS)/runs/reference-$(PROTOCOL)/bm25 \
+		--reference "splade-tiny (Siamese, as shipped)=$(RESULTS)/runs/reference-$(PROTOCOL)/splade-tiny"
 
 clean:
 	rm -rf $(VENV) .cache outputs .pytest_cache .ruff_cache

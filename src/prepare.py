@@ -9,6 +9,7 @@ continues with the first missing shard, and the result is byte-identical to an u
 (batches never cross shard boundaries). The manifest is written last; a complete DIR is left as is.
 """
 
+import fcntl
 import json
 import logging
 import shutil
@@ -194,8 +195,19 @@ def _open_state(out: Path, key: str) -> dict[str, ShardInfo]:
 
 
 def prepare(cfg: DictConfig) -> Path:
-    """Builds (or finishes) the prepared set in cfg.paths.output_dir; returns the folder."""
+    """Builds (or finishes) the prepared set in cfg.paths.output_dir; returns the folder.
+
+    Parallel runs (sweep points on a cold cache) take turns on a lock file beside the folder: the first
+    builds the set, the others then find it complete.
+    """
     out = Path(cfg.paths.output_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _prepare(cfg, out)
+
+
+def _prepare(cfg: DictConfig, out: Path) -> Path:
     specs = teacher_specs(cfg)
     if cfg.group_size < 2:
         raise ConfigError(f"group_size: must be >= 2 (a positive and a negative), got {cfg.group_size}")
