@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from src import sweep as sweep_module
-from src.config import validate
+from src.config import config_errors, validate
 from src.sweep import SweepError, build_points, grid, load_sweep, main, point_name, random_search
 from tests.conftest import ROOT, compose_train
 
@@ -68,7 +68,10 @@ def test_sweep_file_is_a_wandb_sweep_whose_every_point_composes(path, tmp_path, 
     for point, values in zip(points, _values(sweep, points), strict=True):
         assert list(point.overrides) == wandb_agent_args(values)  # the runner runs what the W&B agent would
         cfg = compose_train(*point.train_args(), f"paths.data_dir={data_dir}")
-        validate(cfg)
+        if path.stem == "paper":  # needs the hub and BEIR-13: schema, types and ranges here, the rest where it runs
+            assert config_errors(cfg) == []
+        else:
+            validate(cfg)
         assert Path(cfg.paths.output_dir) == tmp_path / sweep.name / point.name
 
 
