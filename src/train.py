@@ -83,7 +83,10 @@ def _datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, folder: Pat
 
 
 def train(cfg: DictConfig) -> dict:
-    """Trains, evaluates, saves the model and writes results.json; returns its content."""
+    """Trains, evaluates, saves the model and writes results.json; returns its content.
+
+    Data parallel (trainer.devices > 1, strategy ddp): every rank runs this and trains; only global rank 0 then
+    exports, evaluates and writes results.json; the other ranks return {} once training ends."""
     validate(cfg)  # fails on bad keys and missing data before any model is loaded
     if cfg.resume:
         cfg.paths.output_dir = cfg.resume
@@ -133,6 +136,8 @@ def train(cfg: DictConfig) -> dict:
         warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     train_wall = time.perf_counter() - start
+    if trainer.global_rank != 0:  # DDP: the other ranks only train; rank 0 exports, evaluates and writes results
+        return {}
 
     evals = {}
     if guard.status != "diverged":  # NaN weights: nothing worth exporting or evaluating; checkpoints keep the last good

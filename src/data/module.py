@@ -24,6 +24,12 @@ class LengthBucketSampler(Sampler[list[int]]):
     batches stay random in content and order, but their documents are padded to a similar length.
     Incomplete batches are dropped, as with `drop_last`. `start_batch` (batches already trained on,
     counted from the first epoch) skips what a resumed run has seen, so it continues the same order.
+
+    Data parallel (`num_replicas` W > 1 ranks): every rank builds the same global batches of W x batch_size
+    groups (same seed) and takes every W-th group of each, starting at its `rank`: the W local batches of one
+    step are together exactly the batch of a one-process run with batch size W x batch_size (bucketed by
+    length, the strided share gives every rank similar lengths). len() and `start_batch` count global
+    batches, i.e. this rank's batches. Lightning's DistributedSampler must stay off (use_distributed_sampler).
     """
 
     def __init__(
@@ -34,8 +40,14 @@ class LengthBucketSampler(Sampler[list[int]]):
         lengths: list[int] | None = None,
         pool_batches: int = 32,
         start_batch: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
     ):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must lie in [0, num_replicas={num_replicas}), got {rank}")
         self.num_groups, self.batch_size, self.seed = num_groups, batch_size, seed
+        self.num_replicas, self.rank = num_replicas, rank
+        self.global_batch_size = batch_size * num_replicas
         self.lengths, self.pool_batches = lengths, pool_batches
         # Lightning calls set_epoch at each epoch start; before that (its first prefetch) the resumed epoch holds.
         self.epoch, self._skip = divmod(start_batch, max(1, len(self)))
@@ -45,24 +57,26 @@ class LengthBucketSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.num_groups // self.batch_size
+        return self.num_groups // self.global_batch_size
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = random.Random(self.seed + self.epoch)
         order = list(range(self.num_groups))
         rng.shuffle(order)
-        order = order[: len(self) * self.batch_size]
-        pool_size = self.batch_size * (self.pool_batches if self.lengths else 1)
+        size = self.global_batch_size
+        order = order[: len(self) * size]
+        pool_size = size * (self.pool_batches if self.lengths else 1)
         batches = []
         for start in range(0, len(order), pool_size):
             pool = order[start : start + pool_size]
             if self.lengths:
                 pool.sort(key=lambda i: self.lengths[i])
-            pooled = [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+            pooled = [pool[i : i + size] for i in range(0, len(pool), size)]
             rng.shuffle(pooled)
             batches += pooled
         skip = self._skip if self.epoch == self._skip_epoch else 0
-        yield from batches[skip:]
+        for batch in batches[skip:]:
+            yield batch[self.rank :: self.num_replicas]  # this rank's share of the global batch
 
 
 class GroupCollator:
@@ -152,7 +166,16 @@ class DistillationDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         lengths = self.doc_lengths() if self.bucket_by_length else None
+        # Under DDP each rank serves its share of the same global batches (the trainer knows rank and world size).
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = LengthBucketSampler(
-            len(self.train_set), self.batch_size, self.seed, lengths, start_batch=self.start_batch
+            len(self.train_set),
+            self.batch_size,
+            self.seed,
+            lengths,
+            start_batch=self.start_batch,
+            num_replicas=world,
+            rank=rank,
         )
         return DataLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers)
