@@ -34,8 +34,11 @@ class TrainingGuard(L.Callback):
         if self.stopped():
             return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if self.check_finite and loss is not None and not torch.isfinite(loss).all():
-            return self._stop(trainer, "diverged", f"the loss is {loss.item()} (diverged)")
+        bad_loss = self.check_finite and loss is not None and not bool(torch.isfinite(loss).all())
+        if self.check_finite and trainer.world_size > 1:  # the local loss differs by rank: all ranks stop together
+            bad_loss = trainer.strategy.reduce_boolean_decision(bad_loss, all=False)
+        if bad_loss:
+            return self._stop(trainer, "diverged", "the loss is NaN or infinite (diverged)")
         if self.check_finite:
             bad = next((n for n, p in module.named_parameters() if not torch.isfinite(p).all()), None)
             if bad is not None:
