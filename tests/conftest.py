@@ -28,6 +28,19 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+@pytest.fixture
+def cli_env(data_dir, cache_dir) -> dict[str, str]:
+    """The environment of a command-line run in a test: real data, the session's cache, nothing online."""
+    return {
+        **os.environ,
+        "DATA_DIR": str(data_dir),
+        "L0_CACHE_DIR": str(cache_dir),
+        "WANDB_MODE": "offline",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+
+
 def compose_train(*overrides: str) -> DictConfig:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose(config_name="train", overrides=list(overrides))

@@ -3,7 +3,6 @@ ranking loss per rank, and after DDP's gradient averaging the gradients of one p
 Real splade-tiny, two CPU processes over gloo."""
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -149,17 +148,10 @@ def test_ranks_share_each_global_batch_of_the_one_process_order(lengths):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_run_trains_and_rank_zero_alone_writes_results(tmp_path, data_dir, cache_dir):
+def test_two_process_ddp_run_trains_and_rank_zero_alone_writes_results(tmp_path, cli_env):
     """`trainer.devices=2 trainer.strategy=ddp` on CPU: Lightning relaunches the command for rank 1. Then the run,
     cut back to its step-2 checkpoint, is resumed under DDP: the same weights, bit for bit."""
-    env = {
-        **os.environ,
-        "DATA_DIR": str(data_dir),
-        "L0_CACHE_DIR": str(cache_dir),
-        "WANDB_MODE": "offline",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-    }
+    env = cli_env
     out = tmp_path / "run"
     cmd = [
         sys.executable,

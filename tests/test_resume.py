@@ -2,7 +2,6 @@
 determinism. Real splade-tiny on real scifact, as `debug=smoke` runs it."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,26 +20,15 @@ from tests.conftest import ROOT, compose_train
 SMOKE = ["debug=smoke", "seed=7", "trainer.max_steps=20"]
 
 
-def _env(data_dir: Path, cache_dir: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATA_DIR": str(data_dir),
-        "L0_CACHE_DIR": str(cache_dir),
-        "WANDB_MODE": "offline",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-    }
-
-
 def _metrics(run: Path) -> dict:
     results = json.loads((run / "results.json").read_text())
     return {"status": results["status"], "eval": results["eval"], "train": {**results["train"], "wall_s": None}}
 
 
 @pytest.mark.slow
-def test_sigkilled_run_resumes_to_the_same_metrics_and_weights(tmp_path, data_dir, cache_dir):
+def test_sigkilled_run_resumes_to_the_same_metrics_and_weights(tmp_path, cli_env):
     """The issue's command: killed with SIGKILL once its first checkpoint is complete, then rerun with resume=DIR."""
-    env = _env(data_dir, cache_dir)
+    env = cli_env
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     cmd = [sys.executable, "-m", "src.train", *SMOKE]
     done = subprocess.run([*cmd, f"paths.output_dir={whole}"], cwd=ROOT, env=env, capture_output=True, text=True)

@@ -3,7 +3,6 @@
 import csv
 import json
 import math
-import os
 import subprocess
 import sys
 
@@ -48,16 +47,9 @@ def test_few_steps_in_process_stay_finite_and_sparse(tmp_path, data_dir, cache_d
 
 
 @pytest.mark.slow
-def test_cli_smoke_run_writes_results(tmp_path, data_dir, cache_dir):
+def test_cli_smoke_run_writes_results(tmp_path, cli_env):
     """The issue's command, as a user types it (W&B offline), end to end."""
-    env = {
-        **os.environ,
-        "DATA_DIR": str(data_dir),
-        "L0_CACHE_DIR": str(cache_dir),
-        "WANDB_MODE": "offline",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-    }
+    env = cli_env
     out = tmp_path / "run"
     cmd = [
         sys.executable,
