@@ -194,26 +194,26 @@ def _open_state(out: Path, key: str) -> dict[str, ShardInfo]:
     return {}
 
 
-def prepare(cfg: DictConfig) -> Path:
+def prepare(cfg: DictConfig, key: str | None = None) -> Path:
     """Builds (or finishes) the prepared set in cfg.paths.output_dir; returns the folder.
 
     Parallel runs (sweep points on a cold cache) take turns on a lock file beside the folder: the first
-    builds the set, the others then find it complete.
+    builds the set, the others then find it complete. `key`: `prepared_key(cfg)` when the caller has it already
+    (it hashes every input file).
     """
     out = Path(cfg.paths.output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f".{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _prepare(cfg, out)
+        return _prepare(cfg, out, key or prepared_key(cfg))
 
 
-def _prepare(cfg: DictConfig, out: Path) -> Path:
+def _prepare(cfg: DictConfig, out: Path, key: str) -> Path:
     specs = teacher_specs(cfg)
     if cfg.group_size < 2:
         raise ConfigError(f"group_size: must be >= 2 (a positive and a negative), got {cfg.group_size}")
     if cfg.shard_size < 1 or cfg.batch_size < 1:
         raise ConfigError("shard_size and batch_size: must be >= 1")
-    key = prepared_key(cfg)
     if (out / MANIFEST).is_file():
         if Manifest.load(out).config.get("key") == key:
             log.info("%s is complete for these settings; nothing to do", out)

@@ -61,8 +61,9 @@ def prepared_set(cfg: DictConfig) -> Path:
             "paths": {"data_dir": cfg.paths.data_dir, "output_dir": None},
         }
     )
-    settings.paths.output_dir = str(Path(cfg.paths.cache_dir) / "prepared" / prepared_key(settings))
-    return prepare(settings)
+    key = prepared_key(settings)
+    settings.paths.output_dir = str(Path(cfg.paths.cache_dir) / "prepared" / key)
+    return prepare(settings, key)
 
 
 def _datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, folder: Path) -> DistillationDataModule:
