@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from src.io import atomic_write_bytes, atomic_write_text
 
@@ -87,7 +88,24 @@ class StepCheckpoint(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         step = trainer.global_step  # counts optimizer steps: with gradient accumulation, several batches share one
-        if step == 0 or step % self.every_n_steps or step == self.last_saved or self.skip_when():
+        if step % self.every_n_steps == 0:
+            self._save(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # SIGTERM (a SLURM pre-emption or time-out, `scancel`, a scheduler's kill): Lightning finishes the step
+        # in progress and stops with SIGTERMException on every rank. Saving that step now means the requeued
+        # or rerun job loses nothing. Any other exception may have left a step half done: nothing is saved.
+        if not isinstance(exception, SIGTERMException):
+            return
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if batches % trainer.accumulate_grad_batches:  # inside an accumulation window: resume from the last save
+            return
+        log.warning("SIGTERM: saving step %d before stopping", trainer.global_step)
+        self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        step = trainer.global_step
+        if step == 0 or step == self.last_saved or self.skip_when():
             return
         self.last_saved = step
         trainer.save_checkpoint(self.folder / f"step={step}.ckpt", weights_only=False)  # optimizer state too

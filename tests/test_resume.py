@@ -2,6 +2,7 @@
 determinism. Real splade-tiny on real scifact, as `debug=smoke` runs it."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -54,23 +55,62 @@ def test_sigkilled_run_resumes_to_the_same_metrics_and_weights(tmp_path, cli_env
     assert (killed / "model" / "model.safetensors").read_bytes() == (whole / "model" / "model.safetensors").read_bytes()
 
 
-def test_same_seed_same_results_and_a_finished_dir_is_left_alone(tmp_path, data_dir, cache_dir, monkeypatch):
-    small = ["eval.max_queries=20", "eval.max_docs=300", "logger=csv", "trainer.max_steps=8", "data.max_queries=64"]
-    paths = [f"paths.data_dir={data_dir}", f"paths.cache_dir={cache_dir}"]
-    runs = []
-    for name in ("a", "b"):
-        train(compose_train(*SMOKE[:2], *small, *paths, f"paths.output_dir={tmp_path / name}"))
-        runs.append(_metrics(tmp_path / name))
-    assert runs[0] == runs[1]
+SMALL = ["eval.max_queries=20", "eval.max_docs=300", "logger=csv", "trainer.max_steps=8", "data.max_queries=64"]
+
+
+def _small_run(data_dir: Path, cache_dir: Path, output_dir: Path, *overrides: str) -> dict:
+    paths = [f"paths.data_dir={data_dir}", f"paths.cache_dir={cache_dir}", f"paths.output_dir={output_dir}"]
+    return train(compose_train(*SMOKE[:2], *SMALL, *paths, *overrides))
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, data_dir, cache_dir) -> Path:
+    """An uninterrupted 8-step run, the reference of the tests below."""
+    folder = tmp_path_factory.mktemp("reference")
+    _small_run(data_dir, cache_dir, folder)
+    return folder
+
+
+def test_same_seed_same_results_and_a_finished_dir_is_left_alone(
+    reference_run, tmp_path, data_dir, cache_dir, monkeypatch
+):
+    _small_run(data_dir, cache_dir, tmp_path / "b")
+    assert _metrics(tmp_path / "b") == _metrics(reference_run)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run dir was trained again")
 
     monkeypatch.setattr(module_mod, "distillation_loss", no_training)
-    again = train(compose_train(*SMOKE[:2], *small, *paths, f"paths.output_dir={tmp_path / 'a'}"))
-    assert again == json.loads((tmp_path / "a" / "results.json").read_text())
+    again = _small_run(data_dir, cache_dir, tmp_path / "b")
+    assert again == json.loads((tmp_path / "b" / "results.json").read_text())
     with pytest.raises(ConfigError, match=r"paths.output_dir: .* another config \(differs in seed\)"):
-        train(compose_train("debug=smoke", "seed=8", *small, *paths, f"paths.output_dir={tmp_path / 'a'}"))
+        _small_run(data_dir, cache_dir, tmp_path / "b", "seed=8")
+
+
+def test_sigterm_saves_the_step_in_progress_and_the_rerun_resumes_from_it(
+    reference_run, tmp_path, data_dir, cache_dir, monkeypatch
+):
+    """SIGTERM (SLURM pre-emption, scancel) during step 3: Lightning finishes the step and stops; step=3.ckpt
+    is saved although checkpoints are every 5 steps, and rerunning the command continues from it exactly."""
+    real_loss, calls = module_mod.distillation_loss, []
+
+    def sigterm_during_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(module_mod, "distillation_loss", sigterm_during_step_3)
+    with pytest.raises(SystemExit):  # Lightning's SIGTERMException
+        _small_run(data_dir, cache_dir, tmp_path)
+    assert [p.name for p in checkpoints(tmp_path / "checkpoints")] == ["step=3.ckpt"]
+    assert not (tmp_path / "results.json").exists()
+
+    monkeypatch.setattr(module_mod, "distillation_loss", real_loss)
+    _small_run(data_dir, cache_dir, tmp_path)
+    assert _metrics(tmp_path) == _metrics(reference_run)
+    weights = "model/model.safetensors"
+    assert (tmp_path / weights).read_bytes() == (reference_run / weights).read_bytes()
 
 
 def test_damaged_checkpoints_are_detected_and_the_previous_one_used(tmp_path):
