@@ -382,6 +382,7 @@ SPEC: dict[str, Any] = {
     "eval.max_queries": Integer(1, nullable=True),
     "eval.max_docs": Integer(1, nullable=True),
     "eval.top_k": Integer(1),
+    "eval.bf16": Boolean(),
 }
 _ABSENT = object()
 

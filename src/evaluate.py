@@ -1,4 +1,7 @@
-"""Evaluate any model on BEIR, standalone: `python -m src.evaluate model=RUN_DIR datasets=[scifact,nfcorpus]`."""
+"""Evaluate any model on BEIR, standalone: `python -m src.evaluate model=RUN_DIR datasets=[scifact,nfcorpus]`.
+
+On several GPUs: `torchrun --nproc_per_node 8 -m src.evaluate model=RUN_DIR paths.output_dir=DIR ...`: the
+ranks share each corpus's encoding, rank 0 searches, scores and writes the results."""
 
 import logging
 from pathlib import Path
@@ -16,6 +19,7 @@ from src.config import (
     resolve_output_dir,
 )
 from src.data.beir import load_beir, subsample
+from src.distributed import init_from_env, local_device, rank
 from src.encoders import compute_idf, load_idf
 from src.evaluation import MODES, EvalSettings, evaluate_dataset, format_table, write_trec_run
 from src.export import load_retriever
@@ -35,13 +39,30 @@ def validate_eval(cfg: DictConfig) -> None:
     if cfg.idf is not None and not Path(cfg.idf).is_file():
         raise ConfigError(f"idf: {cfg.idf} does not exist")
     check_head_precision("head_precision", cfg.head_precision)
+    eval_device(cfg.device)
     check_model("model", cfg.model)
     check_datasets("datasets", cfg.paths.data_dir, cfg.datasets, cfg.download)
 
 
+def eval_device(name: str) -> torch.device:
+    """device: auto (this process's GPU when there is one, else the CPU), or a torch device name."""
+    if name == "auto":
+        return local_device()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"device: {name!r} is not auto or a torch device name such as cpu or cuda:0") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name} asked for, but torch sees no CUDA device here")
+    return device
+
+
 def evaluate(cfg: DictConfig) -> dict:
-    """Evaluates, writes results.json and runs/<dataset>.trec; returns the results."""
+    """Evaluates, writes results.json and runs/<dataset>.trec; returns the results ({} on ranks other than 0
+    when launched on several processes, e.g. by torchrun)."""
     validate_eval(cfg)
+    init_from_env()
+    first = rank() == 0
     output_dir = resolve_output_dir(cfg)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -49,6 +70,8 @@ def evaluate(cfg: DictConfig) -> dict:
     retriever = (
         None if cfg.mode == "bm25" else load_retriever(cfg.model, cfg.activation, cfg.prune_ratio, cfg.head_precision)
     )
+    if retriever is not None:
+        retriever.doc_encoder.to(eval_device(cfg.device))
     settings = EvalSettings(
         max_length=cfg.max_length,
         query_max_length=cfg.query_max_length,
@@ -73,8 +96,12 @@ def evaluate(cfg: DictConfig) -> dict:
             idf=idf,
             prune_ratio=retriever.prune_ratio if retriever else 0.0,
         )
+        if not first:  # another rank's share of the encoding is done; rank 0 scores
+            continue
         write_trec_run(output_dir / "runs" / f"{name}.trec", run, tag=f"l0-sparse-{cfg.mode}")
 
+    if not first:
+        return {}
     results = {
         "config": {
             "model": retriever.source if retriever else None,

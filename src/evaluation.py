@@ -11,6 +11,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from src.data.beir import BeirDataset
+from src.distributed import broadcast_from_first, rank
 from src.encoders import DocEncoder, IdfQueryEncoder
 from src.index import CorruptIndex, SparseIndex, corpus_fingerprint, fingerprint, model_fingerprint, prune
 from src.io import atomic_write_text
@@ -39,9 +40,12 @@ def _autocast(encoder: DocEncoder, bf16: bool):
 
 def encode_corpus(
     encoder: DocEncoder, tokenizer: PreTrainedTokenizerBase, dataset: BeirDataset, settings: EvalSettings
-) -> SparseIndex:
+) -> SparseIndex | None:
     """The corpus as a sparse index, read from the cache when these weights, activation, length,
-    precision and documents were encoded before."""
+    precision and documents were encoded before.
+
+    Under torch.distributed every rank calls this: the ranks share the encoding (`encode_documents`) and
+    rank 0, which alone reads and writes the cache, gets the index; the other ranks get None."""
     doc_ids = dataset.doc_ids
     texts = [dataset.corpus[d] for d in doc_ids]
     key = fingerprint(
@@ -52,16 +56,21 @@ def encode_corpus(
         corpus_fingerprint(doc_ids, texts),
     )
     folder = settings.cache_dir / "encoded" / f"{dataset.name}-{key}" if settings.cache_dir else None
-    if folder is not None and folder.is_dir():
+    cached = None
+    if folder is not None and folder.is_dir() and rank() == 0:
         try:
             log.info("%s: encoded corpus from cache %s", dataset.name, folder)
-            return SparseIndex.load(folder)
+            cached = SparseIndex.load(folder)
         except (CorruptIndex, ValueError, OSError) as err:
             log.warning("%s: cache entry unusable (%s); encoding again", dataset.name, err)
+    if broadcast_from_first(cached is not None):  # the other ranks encode only when rank 0 must
+        return cached
     with _autocast(encoder, settings.bf16):
         matrix = encode_documents(
             encoder, tokenizer, texts, settings.max_length, settings.tokens_per_batch, settings.progress
         )
+    if matrix is None:  # a rank other than 0: its rows went to rank 0
+        return None
     meta = {
         "dataset": dataset.name,
         "activation": encoder.activation_name,
@@ -82,8 +91,12 @@ def query_vectors(
     idf: torch.Tensor | None = None,
     settings: EvalSettings = EvalSettings(),
 ):
-    """(num_queries, V) CSR: IDF bag of words (inference_free) or the MLM encoder (siamese)."""
+    """(num_queries, V) CSR: IDF bag of words (inference_free) or the MLM encoder (siamese).
+    Under torch.distributed every rank calls this (siamese queries are encoded as documents are); None on
+    ranks other than 0."""
     if mode == "inference_free":
+        if rank() != 0:
+            return None
         return encode_queries(IdfQueryEncoder(idf, tokenizer.all_special_ids), tokenizer, texts)
     if mode == "siamese":
         with _autocast(encoder, settings.bf16):
@@ -102,9 +115,14 @@ def evaluate_dataset(
     idf: torch.Tensor | None = None,
     prune_ratio: float = 0.0,
 ) -> tuple[dict[str, float | int | None], dict[str, dict[str, float]]]:
-    """The `eval.<dataset>` block of results.json, and the run (query id -> {doc id: score})."""
+    """The `eval.<dataset>` block of results.json, and the run (query id -> {doc id: score}).
+
+    Under torch.distributed every rank calls this: all ranks encode (a share each), rank 0 alone searches
+    and scores, and the other ranks get (None, None)."""
     start = time.perf_counter()
     query_ids = list(dataset.queries)
+    if mode == "bm25" and rank() != 0:
+        return None, None  # nothing to share: BM25 runs on rank 0
     if mode == "bm25":
         from src.bm25 import bm25_search
 
@@ -113,8 +131,10 @@ def evaluate_dataset(
         eff = {"flops": None, "doc_len": None, "q_len": None}
     else:
         index = encode_corpus(encoder, tokenizer, dataset, settings)
-        docs = prune(index.matrix, prune_ratio)
         queries = query_vectors(mode, [dataset.queries[q] for q in query_ids], tokenizer, encoder, idf, settings)
+        if index is None:  # a rank other than 0: its share of the encoding is done
+            return None, None
+        docs = prune(index.matrix, prune_ratio)
         results = search(queries, docs, query_ids, dataset.doc_ids, k=settings.top_k)
         eff = efficiency(queries, docs)
     metrics = {

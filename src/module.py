@@ -1,56 +1,19 @@
 """LightningModule: inference-free sparse retriever trained by distillation + masked FLOPS."""
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import lightning as L
 import numpy as np
 import torch
-import torch.distributed as dist
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from src.distributed import all_gather_objects, gather_across_ranks, global_range, rank, world_size
 from src.encoders import DocEncoder, IdfQueryEncoder
 from src.losses import get_loss
 from src.regularizers import masked_flops
 from src.schedules import lambda_at, threshold_at
-
-
-def world_size() -> int:
-    """Processes in the default group: 1 unless torch.distributed is initialised (DDP)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-# torch 2.13 renamed all_gather_into_tensor to all_gather_single (the old name warns); same signature.
-_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-
-
-class _GatherRows(torch.autograd.Function):
-    """all_gather along dim 0 whose backward hands each rank the sum, over all ranks, of the gradients on its rows."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        out = x.new_empty((dist.get_world_size() * x.shape[0], *x.shape[1:]))  # (W*N, ...)
-        _all_gather_single(out, x.contiguous())
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        # One all_reduce on every backend (gloo has no reduce_scatter); a reduce_scatter would move half the bytes.
-        grad = grad.contiguous().clone()  # (W*N, ...)
-        dist.all_reduce(grad)
-        return grad.chunk(dist.get_world_size())[dist.get_rank()]  # (N, ...)
-
-
-def gather_across_ranks(x: torch.Tensor) -> torch.Tensor:
-    """(N, ...) on each of W ranks -> (W*N, ...), rank 0's rows first, identical on every rank; as is when W = 1.
-
-    Differentiable: the backward sums, over all ranks, the gradient each rank's loss puts on this rank's rows
-    (as torch.distributed.nn.functional.all_gather, deprecated, and Lightning's all_gather(sync_grads=True) do).
-    Every rank needs the same N (the sampler gives every rank batches of one size).
-    """
-    if world_size() == 1:
-        return x
-    return _GatherRows.apply(x)
+from src.teachers import combine
 
 
 def distillation_loss(
@@ -79,6 +42,22 @@ def distillation_loss(
     return {**parts, "loss_flops": loss_flops, "loss": parts["loss_rank"] + lam * loss_flops, "mask": mask}
 
 
+@torch.no_grad()
+def distillation_target(
+    teacher_scores: torch.Tensor,
+    teacher_names: Sequence[str],
+    normalize: str = "minmax",
+    weights: dict[str, float] | None = None,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """This rank's raw (T, N, G) teacher scores (the collator's, teachers named in that order) -> the (N, G) target:
+    each teacher min-max normalised over the global batch (the W*N groups of all ranks: one all_reduce of the
+    ranges; this batch alone when W = 1), the weighted mean (`src.teachers.combine`), times `scale`.
+    So the target of a group does not depend on the number of ranks the global batch is split over."""
+    scores = dict(zip(teacher_names, teacher_scores.unbind(0), strict=True))  # name -> (N, G)
+    return combine(scores, normalize, weights, reduce_range=global_range) * scale  # (N, G)
+
+
 class SparseRetrieverModule(L.LightningModule):
     def __init__(self, doc_encoder: DocEncoder, query_encoder: IdfQueryEncoder, cfg: DictConfig):
         super().__init__()
@@ -86,6 +65,10 @@ class SparseRetrieverModule(L.LightningModule):
         self.query_encoder = query_encoder
         self.loss_fn = get_loss(cfg.loss.name)
         self.reg, self.mask, self.optim = cfg.reg, cfg.mask, cfg.optim
+        self.seed = cfg.seed
+        targets = cfg.data.teacher_scores  # how distillation_target combines the teachers
+        weights = OmegaConf.to_container(targets.weights) if targets.weights else None
+        self.target_settings = {"normalize": targets.normalize, "weights": weights, "scale": targets.scale}
 
     # Exact resume: the RNG streams (dropout) continue where the checkpoint left them. Restored at train start,
     # after everything Lightning does between loading the checkpoint and the first resumed step.
@@ -100,20 +83,21 @@ class SparseRetrieverModule(L.LightningModule):
         }
         checkpoint["rng_states"] = states
         if world_size() > 1:
-            per_rank = [None] * world_size()
-            dist.all_gather_object(per_rank, states)
-            checkpoint["rng_states_per_rank"] = per_rank
+            checkpoint["rng_states_per_rank"] = all_gather_objects(states)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         per_rank = checkpoint.get("rng_states_per_rank")
-        rank = dist.get_rank() if world_size() > 1 else 0
         if per_rank is not None and len(per_rank) == world_size():
-            self._rng_states = per_rank[rank]
+            self._rng_states = per_rank[rank()]
         else:
             self._rng_states = checkpoint.get("rng_states")
 
     def on_train_start(self) -> None:
         states = getattr(self, "_rng_states", None)
+        if not states and rank() > 0:
+            # Every rank was seeded alike (seed_everything(seed)); DDP copies rank 0's weights anyway, but each
+            # rank's dropout should draw its own masks. Rank 0 keeps the stream a single process has.
+            torch.manual_seed(int(np.random.SeedSequence([self.seed, rank()]).generate_state(1)[0]))
         if states:
             torch.set_rng_state(states["torch"])
             random.setstate(states["python"])
@@ -128,15 +112,16 @@ class SparseRetrieverModule(L.LightningModule):
     def threshold_now(self) -> float | None:
         return threshold_at(self.global_step, self.mask.schedule, self.mask.t, self.mask.t_start, self.mask.T)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        n, g = batch["teacher_scores"].shape
+    def training_step(self, batch: dict[str, torch.Tensor | tuple[str, ...]], batch_idx: int) -> torch.Tensor:
+        teacher = distillation_target(batch["teacher_scores"], batch["teacher_names"], **self.target_settings)  # (N, G)
+        n, g = teacher.shape
         q = self.query_encoder(batch["query_ids"], batch["query_mask"])  # (N, V)
         d = self.doc_encoder(batch["doc_ids"], batch["doc_mask"]).view(n, g, -1)  # (N, G, V)
         threshold, lam = self.threshold_now(), self.lambda_now()
         term_weights = self.query_encoder.idf.detach() if self.reg.idf_weighted else None
         # Data parallel (W ranks): masked FLOPS over the documents of all ranks, the ranking loss on this rank's.
         d_all = gather_across_ranks(d)  # (W*N, G, V); d itself when W = 1
-        out = distillation_loss(q, d, batch["teacher_scores"], self.loss_fn, threshold, lam, term_weights, d_all)
+        out = distillation_loss(q, d, teacher, self.loss_fn, threshold, lam, term_weights, d_all)
         mask = out.pop("mask")  # (W*N, G); the rest are scalars: loss_rank (and its parts), loss_flops, loss
 
         # Logged values are of the global batch of W*N queries, identical on all ranks: loss_flops, masked_frac

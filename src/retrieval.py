@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from src.distributed import gather_to_first, rank, world_size
 from src.encoders import DocEncoder, IdfQueryEncoder
 
 try:  # scipy's C kernels under its sparse operations; private, so `search` falls back to the public API
@@ -27,6 +28,11 @@ def _to_csr(vecs: torch.Tensor) -> sp.csr_matrix:
     return sp.csr_matrix((values, (rows.numpy(), cols.numpy())), shape=tuple(vecs.shape), dtype=np.float32)
 
 
+# Under data parallelism a rank sends its encoded rows to rank 0 in pieces of about this many non-zeros
+# (8 bytes each): a corpus of millions of documents is never one message.
+PIECE_NNZ = 1 << 24
+
+
 @torch.inference_mode()
 def encode_documents(
     encoder: DocEncoder,
@@ -35,31 +41,54 @@ def encode_documents(
     max_length: int = 512,
     tokens_per_batch: int = 8192,
     progress: bool = True,
-) -> sp.csr_matrix:
+) -> sp.csr_matrix | None:
     """Encodes texts into a (num_docs, V) CSR matrix, rows in input order.
 
     Documents are sorted by length and batched by token count, so short documents are not
     padded to long ones and the (B, L, V) logits stay near tokens_per_batch * V floats.
+
+    Under torch.distributed (W > 1 ranks) every rank must call this with the same texts: rank r encodes
+    every W-th batch of that order, so ranks get alike token counts, and rank 0 assembles the matrix.
+    Returns it on rank 0 and None on the other ranks. The batches are those of one process, so the rows
+    are too (up to the kernels of each rank's device).
     """
     encoder.eval()
     device = next(encoder.parameters()).device
+    world, me = world_size(), rank()
     ids = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
-    rows: list[sp.csr_matrix] = []
-    bar = tqdm(total=len(ids), desc="encoding documents", unit="doc", disable=not progress)
-    start = 0
+    batches, start = [], 0
     while start < len(order):
         length = len(ids[order[start]])  # the longest in the batch, as sorted
-        batch = order[start : start + max(1, tokens_per_batch // length)]
-        padded = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt")
+        batches.append(order[start : start + max(1, tokens_per_batch // length)])
+        start += len(batches[-1])
+    mine = batches[me::world]
+
+    pieces: list[tuple[np.ndarray, sp.csr_matrix]] = []  # (positions, rows) of this rank's documents
+    rows: list[sp.csr_matrix] = []
+    positions: list[int] = []
+    desc = "encoding documents" + (f" (rank 0 of {world})" if world > 1 else "")
+    bar = tqdm(total=sum(map(len, mine)), desc=desc, unit="doc", disable=not progress or me != 0)
+    for i, batch in enumerate(mine):
+        padded = tokenizer.pad({"input_ids": [ids[j] for j in batch]}, return_tensors="pt")
         vecs = encoder(padded["input_ids"].to(device), padded["attention_mask"].to(device))  # (B, V)
         rows.append(_to_csr(vecs))
+        positions += batch
         bar.update(len(batch))
-        start += len(batch)
+        if i + 1 == len(mine) or sum(r.nnz for r in rows) >= PIECE_NNZ:
+            pieces.append((np.array(positions, dtype=np.int64), sp.vstack(rows, format="csr")))
+            rows, positions = [], []
     bar.close()
-    stacked = sp.vstack(rows, format="csr")
+
+    gathered = gather_to_first(pieces)  # every rank's pieces on rank 0; [pieces] in one process
+    if gathered is None:
+        return None
+    pieces = [piece for rank_pieces in gathered for piece in rank_pieces]
+    if not pieces:
+        return sp.csr_matrix((0, encoder.vocab_size), dtype=np.float32)
+    stacked = sp.vstack([rows for _, rows in pieces], format="csr")  # (num_docs, V), rows in piece order
     inverse = np.empty(len(order), dtype=np.int64)
-    inverse[order] = np.arange(len(order))
+    inverse[np.concatenate([p for p, _ in pieces])] = np.arange(len(order))
     return stacked[inverse]
 
 

@@ -67,16 +67,12 @@ def prepared_set(cfg: DictConfig) -> Path:
 
 
 def _datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, folder: Path) -> DistillationDataModule:
-    scores = cfg.data.teacher_scores
     return DistillationDataModule(
         tokenizer,
         prepared_dir=folder,
         batch_size=per_device_batch_size(cfg),
         max_length=cfg.model.max_length,
         query_max_length=cfg.model.query_max_length,
-        normalize=scores.normalize,
-        weights=OmegaConf.to_container(scores.weights) if scores.weights else None,
-        scale=scores.scale,
         num_workers=cfg.data.num_workers,
         bucket_by_length=cfg.data.bucket_by_length,
         seed=cfg.seed,
@@ -86,8 +82,9 @@ def _datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, folder: Pat
 def train(cfg: DictConfig) -> dict:
     """Trains, evaluates, saves the model and writes results.json; returns its content.
 
-    Data parallel (trainer.devices > 1, strategy ddp): every rank runs this and trains; only global rank 0 then
-    exports, evaluates and writes results.json; the other ranks return {} once training ends."""
+    Data parallel (trainer.devices > 1, strategy ddp): every rank runs this, trains and helps encode the
+    evaluation corpora; only global rank 0 exports, searches, scores and writes results.json. The other ranks
+    return {}."""
     validate(cfg)  # fails on bad keys and missing data before any model is loaded
     if cfg.resume:
         cfg.paths.output_dir = cfg.resume
@@ -137,13 +134,17 @@ def train(cfg: DictConfig) -> dict:
         warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     train_wall = time.perf_counter() - start
-    if trainer.global_rank != 0:  # DDP: the other ranks only train; rank 0 exports, evaluates and writes results
-        return {}
+    first = trainer.global_rank == 0
 
     evals = {}
     if guard.status != "diverged":  # NaN weights: nothing worth exporting or evaluating; checkpoints keep the last good
-        export_model(doc_encoder, tokenizer, query_encoder.idf.detach(), output_dir / "model")
+        if first:
+            export_model(doc_encoder, tokenizer, query_encoder.idf.detach(), output_dir / "model")
+        doc_encoder.to(trainer.strategy.root_device)  # Lightning's teardown left the model on the CPU
+        # Every rank evaluates: under DDP the ranks share the corpus encoding and rank 0 searches and scores.
         evals = {name: _evaluate(cfg, name, doc_encoder, query_encoder, tokenizer) for name in cfg.eval.datasets}
+    if not first:  # DDP: the other ranks are done; rank 0 writes the results
+        return {}
     results = {
         "status": guard.status,  # finished | collapsed | diverged
         **({"reason": guard.reason} if guard.stopped() else {}),
@@ -201,12 +202,18 @@ def _differences(a: object, b: object, prefix: str = "") -> list[str]:
 
 def _evaluate(
     cfg: DictConfig, name: str, doc_encoder: DocEncoder, query_encoder: IdfQueryEncoder, tokenizer
-) -> dict[str, float | int | None]:
+) -> dict[str, float | int | None] | None:
     test = load_beir(cfg.paths.data_dir, name, cfg.eval.split, cfg.data.download)
     test = subsample(test, cfg.eval.max_queries, cfg.eval.max_docs)
-    settings = EvalSettings(max_length=cfg.eval.max_length, top_k=cfg.eval.top_k, cache_dir=Path(cfg.paths.cache_dir))
-    metrics, _ = evaluate_dataset(test, "inference_free", settings, doc_encoder, tokenizer, query_encoder.idf.detach())
-    return metrics
+    settings = EvalSettings(
+        max_length=cfg.eval.max_length,
+        top_k=cfg.eval.top_k,
+        bf16=cfg.eval.bf16,
+        cache_dir=Path(cfg.paths.cache_dir),
+    )
+    idf = query_encoder.idf.detach().cpu()
+    metrics, _ = evaluate_dataset(test, "inference_free", settings, doc_encoder, tokenizer, idf)
+    return metrics  # None on DDP ranks other than 0
 
 
 def _print_summary(results: dict, output_dir: Path) -> None:

@@ -44,3 +44,9 @@ def cli_env(data_dir, cache_dir) -> dict[str, str]:
 def compose_train(*overrides: str) -> DictConfig:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose(config_name="train", overrides=list(overrides))
+
+
+def compose_tool(name: str, *overrides: str) -> DictConfig:
+    """A config of conf/tools (evaluate, prepare, index), as its command line would compose it."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf" / "tools"), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))

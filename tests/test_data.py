@@ -1,6 +1,7 @@
 import random
 
 import pytest
+import torch
 
 from src.data.beir import DataError, load_beir, load_corpus, load_qrels, subsample
 from src.data.mining import mine_groups
@@ -89,3 +90,38 @@ def test_sampler_resumed_at_any_batch_continues_the_same_order(lengths):
         first = list(resumed)  # before Lightning's set_epoch: the resumed epoch
         rest = run(resumed, range(done // 12 + 1, 3))
         assert first + rest == whole[done:], f"resumed after {done} batches"
+
+
+def test_collator_passes_raw_teacher_scores_and_one_process_gets_the_per_batch_minmax_target():
+    from src.data.groups import GroupRecord
+    from src.data.module import GroupCollator
+    from src.encoders import load_tokenizer
+    from src.module import distillation_target
+
+    scores = [  # three teachers on their own scales; "flat" carries no signal in this batch
+        {"splade": [14.5, 9.25], "bm25": [31.0, 12.5], "flat": [1.0, 1.0]},
+        {"splade": [11.0, 12.75], "bm25": [8.0, 17.25], "flat": [1.0, 1.0]},
+        {"splade": [7.5, 3.0], "bm25": [22.0, 19.5], "flat": [1.0, 1.0]},
+    ]
+    records = [
+        GroupRecord(f"q{i}", f"query {i}", ["d1", "d2"], ["first doc", "second doc"], s) for i, s in enumerate(scores)
+    ]
+    batch = GroupCollator(load_tokenizer(None), max_length=16, query_max_length=8)(records)
+    assert batch["teacher_names"] == ("splade", "bm25", "flat")  # the records' order
+    raw = batch["teacher_scores"]
+    assert raw.dtype == torch.float32 and raw.shape == (3, 3, 2)  # (T, N, G)
+    assert torch.equal(raw[1], torch.tensor([s["bm25"] for s in scores]))
+    assert batch["query_ids"].shape[0] == 3 and batch["doc_ids"].shape[0] == 6
+
+    # One process: what the collator computed before, bit for bit (each teacher min-max over the batch, the
+    # weighted mean summed in the records' order, times scale), so single-process runs keep their numbers.
+    weights = {"splade": 3.0, "bm25": 1.5}
+    total = 3.0 + 1.5 + 1.0
+    expected = None
+    for name, s in zip(batch["teacher_names"], raw, strict=True):  # s: (N, G)
+        s = (s - s.min()) / (s.max() - s.min()) if s.max() > s.min() else torch.zeros_like(s)
+        term = s * (weights.get(name, 1.0) / total)
+        expected = term if expected is None else expected + term
+    target = distillation_target(raw, batch["teacher_names"], "minmax", weights, scale=20.0)  # (N, G)
+    assert torch.equal(target, expected * 20.0)
+    torch.testing.assert_close(distillation_target(raw, batch["teacher_names"], "none", None, 2.0), raw.mean(0) * 2)

@@ -1,6 +1,6 @@
-"""Data parallelism gives what one process gives: the masked FLOPS over the documents of all ranks, the
-ranking loss per rank, and after DDP's gradient averaging the gradients of one process on the whole batch.
-Real splade-tiny, two CPU processes over gloo."""
+"""Data parallelism gives what one process gives: the teacher targets normalised over the global batch, the
+masked FLOPS over the documents of all ranks, the ranking loss per rank, and after DDP's gradient averaging the
+gradients of one process on the whole batch. Real splade-tiny, two CPU processes over gloo."""
 
 import json
 import shutil
@@ -15,10 +15,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from src.data.module import LengthBucketSampler
+from src.distributed import gather_across_ranks, world_size
 from src.encoders import DocEncoder
+from src.evaluate import evaluate
 from src.losses import get_loss
-from src.module import distillation_loss, gather_across_ranks, world_size
-from tests.conftest import ROOT
+from src.module import distillation_loss, distillation_target
+from src.teachers import combine
+from tests.conftest import ROOT, compose_tool
 
 WORLD, N, G, DOC_LEN, VOCAB = 2, 3, 2, 24, 30522
 LAMBDA = 0.5  # large, so the FLOPS term weighs in the gradients as much as the ranking loss
@@ -127,6 +130,52 @@ def test_gathered_flops_and_averaged_gradients_equal_one_process_on_the_whole_ba
         assert torch.equal(ranks[1]["grads"][k], grads[k])
 
 
+TEACHERS = ("splade", "bm25", "ce")
+TARGET = {"normalize": "minmax", "weights": {"splade": 2.0, "bm25": 1.0, "ce": 0.5}, "scale": 20.0}
+
+
+def _teacher_scores() -> torch.Tensor:
+    """Raw (T, WORLD*N, G) scores of the concatenated batch, each teacher on its own scale and each rank's half
+    with its own min and max; "ce" is flat within rank 1's half, but not over the whole batch."""
+    gen = torch.Generator().manual_seed(1)
+    raw = torch.rand(len(TEACHERS), WORLD * N, G, generator=gen)  # (T, W*N, G)
+    raw *= torch.tensor([30.0, 12.0, 5.0])[:, None, None]
+    raw[:, N:] = raw[:, N:] * 0.5 + 4.0  # rank 1's half: a narrower range, shifted
+    raw[2, N:] = 2.5
+    return raw
+
+
+def _target_rank(rank: int, port: int, out: Path) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        raw = _teacher_scores()[:, rank * N : (rank + 1) * N]  # (T, N, G): this rank's half
+        names = TEACHERS
+        if rank == 1:  # another rank may hold the teachers in another order (its first record's)
+            raw, names = raw.flip(0), names[::-1]
+        target = distillation_target(raw, names, **TARGET)  # (N, G)
+        # What the collator used to compute: each teacher normalised over this rank's half only.
+        per_rank = combine(dict(zip(names, raw, strict=True)), TARGET["normalize"], TARGET["weights"]) * TARGET["scale"]
+        torch.save({"target": target, "per_rank": per_rank}, out / f"target{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_teacher_targets_are_normalised_over_the_global_batch(tmp_path):
+    """Two ranks, each with half of a batch of raw teacher scores: their targets are those of one process on the
+    whole batch (min and max of each teacher all-reduced), where per-rank normalisation gives other numbers."""
+    whole = distillation_target(_teacher_scores(), TEACHERS, **TARGET)  # (W*N, G), one process
+    mp.spawn(_target_rank, args=(_free_port(), tmp_path), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"target{r}.pt") for r in range(WORLD)]
+    assert torch.equal(ranks[0]["target"], whole[:N])
+    # Rank 1 sums its teachers in another order: the same ranges, only the sum's rounding may differ.
+    torch.testing.assert_close(ranks[1]["target"], whole[N:], rtol=1e-6, atol=1e-5)
+    # Normalised per rank, the targets are other numbers: the test can fail.
+    per_rank = [float((r["per_rank"] - whole[i * N : (i + 1) * N]).abs().max()) for i, r in enumerate(ranks)]
+    print(f"max |target difference| with per-rank normalisation (scale {TARGET['scale']}): {per_rank}")
+    assert min(per_rank) > 0.5
+
+
 @pytest.mark.parametrize("lengths", [None, [(7 * i) % 200 + 20 for i in range(100)]])
 def test_ranks_share_each_global_batch_of_the_one_process_order(lengths):
     """W ranks x batch B: the W local batches of each step are the one-process batch of size W*B, disjoint."""
@@ -183,6 +232,22 @@ def test_two_process_ddp_run_trains_and_rank_zero_alone_writes_results(tmp_path,
     assert sorted(p.name for p in (out / "checkpoints").glob("*.ckpt")) == ["step=2.ckpt", "step=4.ckpt"]
     checkpoint = torch.load(out / "checkpoints" / "step=4.ckpt", weights_only=False)
     assert len(checkpoint["rng_states_per_rank"]) == 2  # each rank's dropout stream, for an exact resume
+    # The two ranks shared the evaluation corpus's encoding: one process evaluating the exported model gives
+    # the same metrics.
+    alone = evaluate(
+        compose_tool(
+            "evaluate",
+            f"model={out / 'model'}",
+            "max_queries=10",
+            "max_docs=100",
+            "cache=false",
+            "num_threads=1",
+            f"paths.output_dir={tmp_path / 'alone'}",
+            f"paths.data_dir={env['DATA_DIR']}",
+        )
+    )
+    for metric, value in results["eval"]["scifact"].items():
+        assert alone["eval"]["scifact"][metric] == pytest.approx(value, abs=1e-6), metric
 
     weights = (out / "model" / "model.safetensors").read_bytes()
     for done in ("results.json", "model", "checkpoints/step=4.ckpt", "checkpoints/step=4.ckpt.sha256"):

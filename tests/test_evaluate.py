@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from hydra import compose, initialize_config_dir
 
 import src.evaluation as evaluation
 from src.config import ConfigError
@@ -18,14 +17,9 @@ from src.export import export_model, load_retriever
 from src.index import SparseIndex, prune
 from src.search import IndexSearcher
 from src.search import main as search_main
-from tests.conftest import ROOT
+from tests.conftest import compose_tool
 
 SMALL = ("max_queries=20", "max_docs=300", "max_length=128")
-
-
-def compose_tool(name: str, *overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf" / "tools"), version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
 
 
 @pytest.fixture(scope="module")

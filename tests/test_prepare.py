@@ -39,6 +39,27 @@ def test_minmax_normalisation_and_averaging_on_known_numbers():
         combine({"splade": splade}, normalize="zscore")
 
 
+def test_minmax_over_a_larger_batch_through_reduce_range():
+    """reduce_range swaps the batch's ranges for a larger batch's (DDP: all ranks'): the first row normalised with
+    the ranges of both rows is the first row of the two-row batch's target, where its own ranges give another."""
+    splade = torch.tensor([[10.0, 4.0], [7.0, 1.0]])
+    bm25 = torch.tensor([[2.0, 3.0], [0.0, 1.0]])
+    both = combine({"splade": splade, "bm25": bm25})  # (2, 2)
+    seen = []
+
+    def whole_batch_range(low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append((low, high))
+        return torch.tensor([0.0, 1.0]), torch.tensor([3.0, 10.0])  # bm25's, splade's: sorted name order
+
+    first = combine({"splade": splade[:1], "bm25": bm25[:1]}, reduce_range=whole_batch_range)  # (1, 2)
+    assert torch.equal(first, both[:1])
+    low, high = seen[0]  # the first row's own ranges, bm25 first
+    assert torch.equal(low, torch.tensor([2.0, 4.0])) and torch.equal(high, torch.tensor([3.0, 10.0]))
+    assert not torch.allclose(combine({"splade": splade[:1], "bm25": bm25[:1]}), both[:1])
+    assert torch.equal(combine({"splade": splade}, normalize="none", reduce_range=whole_batch_range), splade)
+    assert len(seen) == 1  # raw scores need no range
+
+
 @pytest.fixture(scope="module")
 def scifact_set(data_dir, tmp_path_factory) -> Path:
     """96 scifact train queries through both default teachers, in shards of 32 groups."""

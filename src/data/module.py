@@ -1,4 +1,4 @@
-"""LightningDataModule serving tokenised (query, G documents, teacher target) groups from a prepared set."""
+"""LightningDataModule serving tokenised (query, G documents, raw teacher scores) groups from a prepared set."""
 
 import logging
 import random
@@ -11,7 +11,6 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import PreTrainedTokenizerBase
 
 from src.data.groups import GroupRecord, PreparedSet
-from src.teachers import combine
 
 log = logging.getLogger(__name__)
 
@@ -80,23 +79,15 @@ class LengthBucketSampler(Sampler[list[int]]):
 
 
 class GroupCollator:
-    """Tokenises a batch of groups and turns its teachers' scores into one (N, G) target: each teacher
-    min-max normalised over this batch, then averaged (`src.teachers.combine`), times `scale`."""
+    """Tokenises a batch of groups and stacks its teachers' raw scores. They are combined into one target in the
+    training step (`src.module.distillation_target`): min-max normalised over the global batch of all ranks,
+    which a collator, seeing one rank's batch, cannot do."""
 
-    def __init__(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        max_length: int,
-        query_max_length: int,
-        normalize: str = "minmax",
-        weights: dict[str, float] | None = None,
-        scale: float = 1.0,
-    ):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, query_max_length: int):
         self.tokenizer = tokenizer
         self.max_length, self.query_max_length = max_length, query_max_length
-        self.normalize, self.weights, self.scale = normalize, weights, scale
 
-    def __call__(self, batch: list[GroupRecord]) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: list[GroupRecord]) -> dict[str, torch.Tensor | tuple[str, ...]]:
         q = self.tokenizer(
             [g.query for g in batch],
             padding=True,
@@ -111,13 +102,15 @@ class GroupCollator:
             max_length=self.max_length,
             return_tensors="pt",
         )
-        scores = {name: torch.tensor([g.scores[name] for g in batch], dtype=torch.float32) for name in batch[0].scores}
+        names = tuple(batch[0].scores)  # the records' order: the order in which combine sums the teachers
+        scores = torch.tensor([[g.scores[name] for g in batch] for name in names], dtype=torch.float32)  # (T, N, G)
         return {
             "query_ids": q["input_ids"],  # (N, Lq)
             "query_mask": q["attention_mask"],
             "doc_ids": d["input_ids"],  # (N*G, Ld)
             "doc_mask": d["attention_mask"],
-            "teacher_scores": combine(scores, self.normalize, self.weights) * self.scale,  # (N, G)
+            "teacher_scores": scores,  # (T, N, G), raw
+            "teacher_names": names,  # T names; Lightning moves the tensors to the device and leaves these be
         }
 
 
@@ -131,9 +124,6 @@ class DistillationDataModule(L.LightningDataModule):
         batch_size: int,
         max_length: int,
         query_max_length: int,
-        normalize: str = "minmax",
-        weights: dict[str, float] | None = None,
-        scale: float = 1.0,
         num_workers: int = 0,
         seed: int = 0,
         bucket_by_length: bool = True,
@@ -142,7 +132,7 @@ class DistillationDataModule(L.LightningDataModule):
         self.prepared_dir = Path(prepared_dir)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.bucket_by_length = bucket_by_length
-        self.collate = GroupCollator(tokenizer, max_length, query_max_length, normalize, weights, scale)
+        self.collate = GroupCollator(tokenizer, max_length, query_max_length)
         self.train_set: PreparedSet | None = None
         self.start_batch = 0  # batches already trained on, when resuming
 

@@ -8,7 +8,7 @@ scores are keyed on disk (default: the kind, or the model id). Kinds:
 - `cross_encoder`, `bi_encoder`: any Hugging Face model id or folder (where a hub or the files are at hand).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -77,23 +77,37 @@ NORMALISATIONS = ("minmax", "none")
 
 
 def combine(
-    scores: dict[str, torch.Tensor], normalize: str = "minmax", weights: dict[str, float] | None = None
+    scores: dict[str, torch.Tensor],
+    normalize: str = "minmax",
+    weights: dict[str, float] | None = None,
+    reduce_range: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """One target from several teachers' (N, G) scores of a batch: each teacher min-max normalised over
     the whole batch (so teachers on different scales weigh alike), then the weighted mean.
 
     A teacher whose scores are all equal in the batch carries no ranking signal: it normalises to 0.
     weights: teacher -> weight (default 1 each); they are divided by their sum.
+    reduce_range: maps the teachers' (T,) minima and (T,) maxima over these scores to those over a larger batch
+    (under data parallelism, the global batch of all ranks: `src.distributed.global_range`); they come in sorted
+    name order, so processes holding the teachers in different orders still agree. None: this batch's own.
     """
     if normalize not in NORMALISATIONS:
         raise ValueError(f"normalize must be one of {', '.join(NORMALISATIONS)}, got {normalize!r}")
     weights = weights or {}
     total = sum(weights.get(name, 1.0) for name in scores)
+    if normalize == "minmax":
+        names = sorted(scores)
+        low = torch.stack([scores[name].min() for name in names])  # (T,)
+        high = torch.stack([scores[name].max() for name in names])  # (T,)
+        if reduce_range is not None:
+            low, high = reduce_range(low, high)
+        ranges = {name: (low[i], high[i]) for i, name in enumerate(names)}
     target = None
-    for name, s in scores.items():  # s: (N, G)
+    for name, s in scores.items():  # s: (N, G); summed in the order given, as the targets' rounding depends on it
         if normalize == "minmax":
-            low, high = s.min(), s.max()
-            s = (s - low) / (high - low) if high > low else torch.zeros_like(s)
+            low, high = ranges[name]
+            # torch.where, not `if high > low`: no wait for the device (0/0 in a flat teacher's branch is dropped).
+            s = torch.where(high > low, (s - low) / (high - low), 0.0)
         term = s * (weights.get(name, 1.0) / total)
         target = term if target is None else target + term
     return target  # (N, G)
