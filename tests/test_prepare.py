@@ -12,6 +12,8 @@ from src import prepare as prepare_module
 from src.config import ConfigError
 from src.data.beir import DataError
 from src.data.groups import MANIFEST, PreparedSet
+from src.data.module import DistillationDataModule
+from src.encoders import load_tokenizer
 from src.prepare import prepare
 from src.teachers import combine
 from tests.conftest import ROOT
@@ -263,3 +265,21 @@ def test_idf_cli_on_a_beir_folder_and_a_tsv_equals_the_prepared_sets(data_dir, s
     (tmp_path / "collection.tsv").write_text("".join(f"{i}\t{t}\n" for i, t in corpus.items()))
     idf_main([str(tmp_path / "collection.tsv"), "--out", str(tmp_path / "idf_tsv.json")])
     assert (tmp_path / "idf_tsv.json").read_bytes() == (scifact_set / "idf.json").read_bytes()
+
+
+def test_dataloader_workers_serve_the_same_batches_as_the_main_process(scifact_set):
+    """data.num_workers > 0 (the GPU configs' data loading): forked workers read the shards the main process
+    already opened (for the length buckets), and must still each read their own lines."""
+    tokenizer = load_tokenizer(None)
+
+    def batches(num_workers: int) -> list[dict]:
+        data = DistillationDataModule(tokenizer, scifact_set, 4, 64, 16, num_workers=num_workers, seed=3)
+        data.setup("fit")
+        return list(data.train_dataloader())
+
+    alone, workers = batches(0), batches(2)
+    assert len(alone) == len(workers) == 24
+    for a, b in zip(alone, workers, strict=True):
+        assert a["teacher_names"] == b["teacher_names"]
+        for key in ("query_ids", "doc_ids", "teacher_scores"):
+            assert torch.equal(a[key], b[key]), key

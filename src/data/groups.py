@@ -12,6 +12,7 @@ with random access. Teacher scores are raw, one list per teacher; how they are c
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -205,8 +206,9 @@ class PreparedSet:
         f = self._handles.get(shard_no)
         if f is None:
             f = self._handles[shard_no] = open(shard, "rb")  # noqa: SIM115 (kept open for the next items)
-        f.seek(start)
-        line = f.read(end - start)
+        # pread, not seek + read: DataLoader workers forked after the main process opened a shard share its
+        # file offset, and concurrent seeks would hand one worker another's line.
+        line = os.pread(f.fileno(), end - start, start)
         where = f"{shard}:{i - int(self._first_item[shard_no]) + 1}"
         return GroupRecord.parse(line, where, self.group_size, self.teachers)
 
