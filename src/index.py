@@ -121,15 +121,19 @@ class SparseIndex:
         return cls(matrix, json.loads((folder / "doc_ids.json").read_text()), header["meta"])
 
 
-def build_index(cfg) -> Path:
+def build_index(cfg) -> Path | None:
     """Encodes one dataset's corpus with a model into `<output_dir>/index`, with the tokenizer and the
-    IDF that `python -m src.search` needs to turn typed queries into vectors."""
+    IDF that `python -m src.search` needs to turn typed queries into vectors. (None on ranks other than 0.)"""
     from src.data.beir import load_beir, subsample
+    from src.distributed import init_from_env, rank
     from src.encoders import compute_idf, load_idf, save_idf
+    from src.evaluate import eval_device
     from src.evaluation import EvalSettings, encode_corpus
     from src.export import load_retriever
 
+    init_from_env()  # under torchrun the ranks share the encoding; rank 0 writes the index
     retriever = load_retriever(cfg.model, cfg.activation, cfg.prune_ratio, cfg.head_precision)
+    retriever.doc_encoder.to(eval_device(cfg.device))
     dataset = subsample(load_beir(cfg.paths.data_dir, cfg.dataset, cfg.split, cfg.download), None, cfg.max_docs)
     settings = EvalSettings(
         max_length=cfg.max_length,
@@ -138,6 +142,8 @@ def build_index(cfg) -> Path:
         cache_dir=Path(cfg.paths.cache_dir) if cfg.cache else None,
     )
     encoded = encode_corpus(retriever.doc_encoder, retriever.tokenizer, dataset, settings)
+    if rank() != 0:
+        return None
     meta = {
         **encoded.meta,
         "model": retriever.source,
@@ -162,10 +168,12 @@ def main() -> None:
     import hydra
 
     from src.config import check_head_precision, resolve_output_dir  # also registers conf/tools' resolvers
+    from src.evaluate import eval_device
 
     @hydra.main(version_base="1.3", config_path="../conf/tools", config_name="index")
     def run(cfg) -> None:
         check_head_precision("head_precision", cfg.head_precision)
+        eval_device(cfg.device)
         resolve_output_dir(cfg)
         build_index(cfg)
 
