@@ -113,6 +113,32 @@ def test_sigterm_saves_the_step_in_progress_and_the_rerun_resumes_from_it(
     assert (tmp_path / weights).read_bytes() == (reference_run / weights).read_bytes()
 
 
+def test_sigterm_with_gradient_accumulation_saves_whole_steps_and_resumes_exactly(
+    tmp_path, data_dir, cache_dir, monkeypatch
+):
+    """trainer.accumulate_grad_batches=2: a SIGTERM during the 4th batch (the end of step 2) saves step=2.ckpt;
+    the data order resumes at batch 4 and the result equals an uninterrupted run's."""
+    steps = ["trainer.max_steps=4", "+trainer.accumulate_grad_batches=2", "optim.warmup_steps=1"]
+    _small_run(data_dir, cache_dir, tmp_path / "whole", *steps)
+    real_loss, calls = module_mod.distillation_loss, []
+
+    def sigterm_during_batch_4(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(module_mod, "distillation_loss", sigterm_during_batch_4)
+    with pytest.raises(SystemExit):
+        _small_run(data_dir, cache_dir, tmp_path / "cut", *steps)
+    assert [p.name for p in checkpoints(tmp_path / "cut" / "checkpoints")] == ["step=2.ckpt"]
+    monkeypatch.setattr(module_mod, "distillation_loss", real_loss)
+    _small_run(data_dir, cache_dir, tmp_path / "cut", *steps)
+    assert _metrics(tmp_path / "cut") == _metrics(tmp_path / "whole")
+    weights = "model/model.safetensors"
+    assert (tmp_path / "cut" / weights).read_bytes() == (tmp_path / "whole" / weights).read_bytes()
+
+
 def test_damaged_checkpoints_are_detected_and_the_previous_one_used(tmp_path):
     io = AtomicCheckpointIO()
     for step in (5, 10, 15):
