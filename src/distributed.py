@@ -2,6 +2,7 @@
 evaluation. Everything here is a no-op (or the identity) in a single process."""
 
 import os
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
@@ -73,18 +74,22 @@ def gather_across_ranks(x: torch.Tensor) -> torch.Tensor:
     return _GatherRows.apply(x)
 
 
-_cpu_group = None
+_cpu_group: tuple | None = None  # (the default group it was made in, the gloo group)
+
+
+# The other ranks wait in this group while rank 0 searches and scores a corpus (minutes on BEIR's largest):
+# far longer than a training collective may take, so it gets its own timeout.
+OBJECTS_TIMEOUT = timedelta(hours=4)
 
 
 def _objects_group():
     """A gloo group over all ranks for pickled objects: they stay in host memory whatever the training backend
     (nccl would copy every message to the GPU first). Created on first use, which every rank reaches together."""
     global _cpu_group
-    if dist.get_backend() == "gloo":
-        return None  # the default group already is one
-    if _cpu_group is None:
-        _cpu_group = dist.new_group(backend="gloo")
-    return _cpu_group
+    world = dist.group.WORLD
+    if _cpu_group is None or _cpu_group[0] is not world:  # (a new default group makes a new one)
+        _cpu_group = (world, dist.new_group(backend="gloo", timeout=OBJECTS_TIMEOUT))
+    return _cpu_group[1]
 
 
 def broadcast_from_first(obj: T) -> T:
