@@ -87,30 +87,37 @@ def test_same_seed_same_results_and_a_finished_dir_is_left_alone(
         _small_run(data_dir, cache_dir, tmp_path / "b", "seed=8")
 
 
-def test_sigterm_saves_the_step_in_progress_and_the_rerun_resumes_from_it(
-    reference_run, tmp_path, data_dir, cache_dir, monkeypatch
-):
-    """SIGTERM (SLURM pre-emption, scancel) during step 3: Lightning finishes the step and stops; step=3.ckpt
-    is saved although checkpoints are every 5 steps, and rerunning the command continues from it exactly."""
+def _interrupted_by_sigterm(monkeypatch, run, batch: int) -> None:
+    """Calls run() with SIGTERM arriving during training batch `batch` (1-based), as SLURM or scancel sends it;
+    Lightning finishes that batch and stops with SIGTERMException (a SystemExit)."""
     real_loss, calls = module_mod.distillation_loss, []
 
-    def sigterm_during_step_3(*args, **kwargs):
+    def loss(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == batch:
             os.kill(os.getpid(), signal.SIGTERM)
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(module_mod, "distillation_loss", sigterm_during_step_3)
-    with pytest.raises(SystemExit):  # Lightning's SIGTERMException
-        _small_run(data_dir, cache_dir, tmp_path)
+    monkeypatch.setattr(module_mod, "distillation_loss", loss)
+    with pytest.raises(SystemExit):
+        run()
+    monkeypatch.setattr(module_mod, "distillation_loss", real_loss)
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    return (a / "model" / "model.safetensors").read_bytes() == (b / "model" / "model.safetensors").read_bytes()
+
+
+def test_sigterm_saves_the_step_in_progress_and_the_rerun_resumes_from_it(
+    reference_run, tmp_path, data_dir, cache_dir, monkeypatch
+):
+    """SIGTERM during step 3: step=3.ckpt is saved although checkpoints are every 5 steps, and rerunning the
+    command continues from it exactly."""
+    _interrupted_by_sigterm(monkeypatch, lambda: _small_run(data_dir, cache_dir, tmp_path), batch=3)
     assert [p.name for p in checkpoints(tmp_path / "checkpoints")] == ["step=3.ckpt"]
     assert not (tmp_path / "results.json").exists()
-
-    monkeypatch.setattr(module_mod, "distillation_loss", real_loss)
     _small_run(data_dir, cache_dir, tmp_path)
-    assert _metrics(tmp_path) == _metrics(reference_run)
-    weights = "model/model.safetensors"
-    assert (tmp_path / weights).read_bytes() == (reference_run / weights).read_bytes()
+    assert _metrics(tmp_path) == _metrics(reference_run) and _same_weights(tmp_path, reference_run)
 
 
 def test_sigterm_with_gradient_accumulation_saves_whole_steps_and_resumes_exactly(
@@ -119,24 +126,12 @@ def test_sigterm_with_gradient_accumulation_saves_whole_steps_and_resumes_exactl
     """trainer.accumulate_grad_batches=2: a SIGTERM during the 4th batch (the end of step 2) saves step=2.ckpt;
     the data order resumes at batch 4 and the result equals an uninterrupted run's."""
     steps = ["trainer.max_steps=4", "+trainer.accumulate_grad_batches=2", "optim.warmup_steps=1"]
-    _small_run(data_dir, cache_dir, tmp_path / "whole", *steps)
-    real_loss, calls = module_mod.distillation_loss, []
-
-    def sigterm_during_batch_4(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 4:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(module_mod, "distillation_loss", sigterm_during_batch_4)
-    with pytest.raises(SystemExit):
-        _small_run(data_dir, cache_dir, tmp_path / "cut", *steps)
-    assert [p.name for p in checkpoints(tmp_path / "cut" / "checkpoints")] == ["step=2.ckpt"]
-    monkeypatch.setattr(module_mod, "distillation_loss", real_loss)
-    _small_run(data_dir, cache_dir, tmp_path / "cut", *steps)
-    assert _metrics(tmp_path / "cut") == _metrics(tmp_path / "whole")
-    weights = "model/model.safetensors"
-    assert (tmp_path / "cut" / weights).read_bytes() == (tmp_path / "whole" / weights).read_bytes()
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    _small_run(data_dir, cache_dir, whole, *steps)
+    _interrupted_by_sigterm(monkeypatch, lambda: _small_run(data_dir, cache_dir, cut, *steps), batch=4)
+    assert [p.name for p in checkpoints(cut / "checkpoints")] == ["step=2.ckpt"]
+    _small_run(data_dir, cache_dir, cut, *steps)
+    assert _metrics(cut) == _metrics(whole) and _same_weights(cut, whole)
 
 
 def test_damaged_checkpoints_are_detected_and_the_previous_one_used(tmp_path):
