@@ -1,8 +1,12 @@
 """The sweep files under sweeps/ and the offline runner `python -m src.sweep`."""
 
+import contextlib
 import json
+import os
 import shlex
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -314,3 +318,83 @@ def test_real_two_point_sweep_through_submitit_local(tiny_sweep, tmp_path):
     assert main(args) == 0
     _assert_both_finished(out)
     assert (out / "tiny" / "mask.t=50" / ".hydra" / "overrides.yaml").is_file()  # a Hydra job folder per point
+
+
+FAKE_SLURM = Path(__file__).parent / "fake_slurm"  # sbatch, srun, sacct, scontrol: see fake_slurm.py
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch) -> Path:
+    """The fake SLURM first on PATH; yields its state folder (job ids, task states, requeue requests)."""
+    state = tmp_path / "fake_slurm"
+    state.mkdir()
+    monkeypatch.setenv("FAKE_SLURM_DIR", str(state))
+    monkeypatch.setenv("PATH", f"{FAKE_SLURM}{os.pathsep}{os.environ['PATH']}")
+    yield state
+    for pid in state.glob("*/runner.pid"):  # a job still running (the test failed): stop it and its tasks
+        with contextlib.suppress(OSError, ValueError):
+            os.killpg(int(pid.read_text()), signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_real_two_point_sweep_through_slurm_on_a_fake_cluster(tiny_sweep, tmp_path, fake_slurm):
+    """--launcher slurm: submitit's real SlurmExecutor submits both points as one job array (sbatch), watches it
+    (sacct) and collects the results; tests/fake_slurm runs the array tasks here, through srun, with the
+    environment SLURM gives a task. The sbatch file carries conf/hydra/launcher/slurm.yaml."""
+    from submitit.core.utils import DelayedSubmission
+
+    out = tmp_path / "out"
+    args = [str(tiny_sweep), "--out", str(out), "--launcher", "slurm", "--extra", "hydra.launcher.partition=fake"]
+    assert main(args) == 0
+    _assert_both_finished(out)
+    (submission,) = (out / "tiny" / ".submitit").glob("*/*_submission.sh")  # one sbatch file for the array
+    sbatch = {line.removeprefix("#SBATCH ") for line in submission.read_text().splitlines() if "#SBATCH" in line}
+    assert {
+        "--array=0-1%2",  # submitit writes min(points, array_parallelism: 32)
+        "--partition=fake",
+        "--nodes=1",
+        "--ntasks-per-node=1",
+        "--gpus-per-node=1",  # asked for, ignored by the fake: each point trains on trainer=cpu (below)
+        "--cpus-per-task=8",
+        "--mem=64GB",
+        "--time=240",
+        "--signal=USR2@120",  # submitit's time-out warning: it requeues the job (max_num_timeout times)
+        "--job-name=train",
+        "--open-mode=append",  # a requeued job appends to its logs
+    } <= sbatch
+    job_id = submission.name.split("_")[0]
+    for _ in range(300):  # a task's result is in before its process exits: wait for the fake's runner to end
+        if not (fake_slurm / job_id / "runner.pid").exists():
+            break
+        time.sleep(0.1)
+    assert sorted(p.name for p in (fake_slurm / job_id).glob("*.state")) == ["0.state", "1.state"]
+    assert {p.read_text() for p in (fake_slurm / job_id).glob("*.state")} == {"COMPLETED"}
+    for task, name in enumerate(("mask.t=50", "mask.t=100")):  # the array follows the order of the points
+        folder = out / "tiny" / ".submitit" / f"{job_id}_{task}"
+        log = (folder / f"{job_id}_{task}_0_log.out").read_text()  # srun's --output
+        assert f"JobEnvironment(job_id={job_id}_{task}, " in log and "Job completed successfully" in log
+        delayed = DelayedSubmission.load(folder / f"{job_id}_{task}_submitted.pkl")
+        assert hasattr(delayed.function, "checkpoint")  # submitit requeues only a checkpointable job ...
+        assert (delayed._timeout_min, delayed._timeout_countdown) == (240, 3)  # ... up to max_num_timeout times
+        results = json.loads((out / "tiny" / name / "results.json").read_text())
+        assert results["config"]["mask_t"] == int(name.split("=")[1])
+        assert results["config"]["resolved"]["trainer"]["accelerator"] == "cpu"  # whatever the job asked SLURM
+    assert not (fake_slurm / "requeued").exists()
+
+
+@pytest.mark.slow
+def test_a_two_process_point_runs_as_two_srun_tasks_on_the_fake_cluster(tiny_sweep, tmp_path, fake_slurm):
+    """The multi-GPU convention of conf/hydra/launcher/slurm.yaml: tasks_per_node = trainer.devices, and srun
+    starts one process per device, which Lightning joins into one DDP run (here gloo on CPU)."""
+    parameters = yaml.safe_load(tiny_sweep.read_text())["parameters"]
+    one_point = write_sweep(tmp_path, {**parameters, "mask.t": {"values": [50]}}, name="ddp")
+    out = tmp_path / "out"
+    extras = ["trainer.devices=2", "trainer.strategy=ddp", "hydra.launcher.tasks_per_node=2"]
+    assert main([str(one_point), "--out", str(out), "--launcher", "slurm", "--extra", *extras]) == 0
+    results = json.loads((out / "ddp" / "mask.t=50" / "results.json").read_text())
+    assert results["status"] == "finished" and results["train"]["steps"] == 4
+    (submission,) = (out / "ddp" / ".submitit").glob("*/*_submission.sh")  # one point: a plain job, no array
+    assert "#SBATCH --ntasks-per-node=2" in submission.read_text() and "--array" not in submission.read_text()
+    for rank in (0, 1):
+        log = next((out / "ddp" / ".submitit").glob(f"*/*_{rank}_log.out")).read_text()
+        assert f"global_rank={rank}(2)" in log and "MEMBER: " in log
