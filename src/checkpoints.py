@@ -8,7 +8,10 @@ after it: a checkpoint whose checksum is missing or differs was cut short or dam
 import hashlib
 import io
 import logging
+import os
 import re
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +114,48 @@ class StepCheckpoint(L.Callback):
         trainer.save_checkpoint(self.folder / f"step={step}.ckpt", weights_only=False)  # optimizer state too
         for old in checkpoints(self.folder)[self.keep :]:
             trainer.strategy.remove_checkpoint(old)
+
+
+class SaveThenRequeue(L.Callback):
+    """Defers a cluster's "time is up" signal to the end of the step in progress, so the step is saved first.
+
+    submitit asks SLURM for `--signal=USR2@<signal_delay_s>` and requeues the job from its USR2 handler, exiting
+    at once: mid-step, after the last periodic checkpoint (up to `checkpoint.every_n_steps` steps lost per
+    requeue). During training this callback takes the signal instead: it asks Lightning to stop after the step
+    (as a SIGTERM does, on every rank), `StepCheckpoint` saves that step, and then the handler it replaced runs
+    (submitit: requeue, exit). Only a Python-level handler is deferred: without one (not under submitit) the
+    signal's own action is left alone.
+    """
+
+    def __init__(self, signum: int = signal.SIGUSR2):
+        self.signum = signum
+        self._deferred: Any = None  # the handler taken over (submitit's), while training
+        self._pending: tuple | None = None  # (signum, frame) of a signal that arrived
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        handler = signal.getsignal(self.signum)
+        if callable(handler):
+            self._deferred = handler
+            signal.signal(self.signum, self._defer)
+
+    def _defer(self, signum: int, frame: Any) -> None:
+        log.warning("%s: stopping after this step to save it, then handing over", signal.Signals(signum).name)
+        self._pending = (signum, frame)
+        os.kill(os.getpid(), signal.SIGTERM)  # Lightning's SIGTERM handling: stop after the step, on every rank
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        handler = self._release()  # (StepCheckpoint, an earlier callback, has saved the step by now)
+        if handler is not None and self._pending is not None and isinstance(exception, SIGTERMException):
+            handler(*self._pending)  # submitit: requeue this job, then sys.exit
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._release()
+
+    def _release(self) -> Any:
+        """Gives the signal back to the handler taken over, and returns that handler (None if none was)."""
+        handler, self._deferred = self._deferred, None
+        if handler is not None:
+            signal.signal(self.signum, handler)
+        return handler

@@ -403,6 +403,8 @@ def launch_hydra(
     jobs_overrides = [[*p.train_args(), f"hydra.sweep.subdir={hydra_quote(p.name)}"] for p in points]
     if launcher != "slurm":  # on a cluster the first job should mine it, not the login node (see README)
         prepare_first(points)
+    else:
+        hydra_extras += slurm_layout(points, hydra_extras)
     os.environ["WANDB_RUN_GROUP"] = sweep.name  # workers inherit it; _train_job sets it again where they do not
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="train"):
         hydra = GlobalHydra.instance().hydra
@@ -414,9 +416,48 @@ def launch_hydra(
         try:
             returns = plugin.launch(jobs_overrides, initial_job_idx=0)
         except Exception as err:  # e.g. submitit: a job killed from outside; the folders still tell the rest
-            print(f"{launcher} launcher failed: {type(err).__name__}: {err}", file=sys.stderr)
-            return {p.name: f"failed ({type(err).__name__})" for p in points if not is_done(p)}
+            # The plugin waits for the jobs in order and gives up at the first that left no result: the later
+            # ones may still be running (on a cluster) or have failed; a rerun collects or resumes them.
+            print(f"{launcher} launcher stopped waiting: {type(err).__name__}: {err}", file=sys.stderr)
+            reason = f"not finished ({type(err).__name__} from the launcher; rerun the sweep to collect or resume)"
+            return {p.name: reason for p in points if not is_done(p)}
     return {p.name: reason for p, ret in zip(points, returns, strict=True) if (reason := _job_failure(ret))}
+
+
+def slurm_layout(points: Sequence[Point], hydra_extras: Sequence[str]) -> list[str]:
+    """The hydra.launcher overrides that give every SLURM job the processes its points train with (Lightning's
+    SLURM convention, which refuses to start otherwise): tasks_per_node = trainer.devices, gpus_per_node the
+    same on GPUs (none asked for on CPUs), nodes = trainer.num_nodes. One job array serves the whole sweep, so
+    its points must agree; a value given with --extra must match too. devices=auto leaves both as configured."""
+    from hydra import compose, initialize_config_dir
+
+    layouts = set()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for point in points:
+            trainer = compose(config_name="train", overrides=point.train_args()).trainer
+            devices = str(trainer.devices) if isinstance(trainer.devices, int) else None
+            gpus = devices if trainer.accelerator in ("gpu", "cuda") else "null"
+            layouts.add(
+                (("tasks_per_node", devices), ("gpus_per_node", gpus), ("nodes", str(trainer.get("num_nodes", 1))))
+            )
+    if len(layouts) > 1:
+        raise SweepError(
+            "--launcher slurm: one job array serves the sweep, but its points train on different "
+            f"trainer.devices / accelerator / num_nodes: {sorted(map(dict, layouts), key=str)}; split the sweep"
+        )
+    given = {e.split("=", 1)[0].removeprefix("hydra.launcher."): e.split("=", 1)[1] for e in hydra_extras}
+    overrides = []
+    for key, value in layouts.pop():
+        if value is None:
+            continue
+        if key in given and value != given[key]:
+            raise SweepError(
+                f"--extra hydra.launcher.{key}={given[key]}: the points' trainer config asks for {value} "
+                "(one SLURM task per device, trainer.num_nodes nodes); drop the override or make it match"
+            )
+        if key not in given:
+            overrides.append(f"hydra.launcher.{key}={value}")
+    return overrides
 
 
 def prepare_first(points: Sequence[Point]) -> None:

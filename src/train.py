@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
-from src.checkpoints import AtomicCheckpointIO, StepCheckpoint, latest_valid
+from src.checkpoints import AtomicCheckpointIO, SaveThenRequeue, StepCheckpoint, latest_valid
 from src.config import ConfigError, per_device_batch_size, resolve_output_dir, validate
 from src.data.beir import load_beir, subsample
 from src.data.groups import PreparedSet
@@ -125,7 +125,8 @@ def train(cfg: DictConfig) -> dict:
         cfg.trainer,
         logger=loggers,
         default_root_dir=str(output_dir),
-        callbacks=[guard, saver],  # the guard first: a diverged step is never checkpointed
+        # The guard first: a diverged step is never checkpointed. The saver before the requeue: saved, then requeued.
+        callbacks=[guard, saver, SaveThenRequeue()],
         plugins=[AtomicCheckpointIO()],
     )
     start = time.perf_counter()

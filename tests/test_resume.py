@@ -87,15 +87,15 @@ def test_same_seed_same_results_and_a_finished_dir_is_left_alone(
         _small_run(data_dir, cache_dir, tmp_path / "b", "seed=8")
 
 
-def _interrupted_by_sigterm(monkeypatch, run, batch: int) -> None:
-    """Calls run() with SIGTERM arriving during training batch `batch` (1-based), as SLURM or scancel sends it;
-    Lightning finishes that batch and stops with SIGTERMException (a SystemExit)."""
+def _interrupted_by_sigterm(monkeypatch, run, batch: int, signum: int = signal.SIGTERM) -> None:
+    """Calls run() with a signal (SIGTERM, as SLURM or scancel sends it) arriving during training batch `batch`
+    (1-based); Lightning finishes that batch and stops with SIGTERMException (a SystemExit)."""
     real_loss, calls = module_mod.distillation_loss, []
 
     def loss(*args, **kwargs):
         calls.append(1)
         if len(calls) == batch:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
         return real_loss(*args, **kwargs)
 
     monkeypatch.setattr(module_mod, "distillation_loss", loss)
@@ -118,6 +118,27 @@ def test_sigterm_saves_the_step_in_progress_and_the_rerun_resumes_from_it(
     assert not (tmp_path / "results.json").exists()
     _small_run(data_dir, cache_dir, tmp_path)
     assert _metrics(tmp_path) == _metrics(reference_run) and _same_weights(tmp_path, reference_run)
+
+
+def test_submitits_time_out_signal_is_deferred_until_the_step_is_saved(tmp_path, data_dir, cache_dir, monkeypatch):
+    """Under submitit, SLURM's USR2 before the time limit makes submitit requeue the job and exit at once. During
+    training the signal waits for the end of the step in progress: step=3.ckpt is saved, then submitit's handler
+    runs (here a stand-in that records the call and exits as submitit does), and it is in place again after."""
+    calls = []
+
+    def submitit_requeue(signum, frame):  # submitit's checkpoint_and_try_requeue: requeue, then sys.exit(-1)
+        calls.append(sorted(p.name for p in checkpoints(tmp_path / "checkpoints")))
+        raise SystemExit(-1)
+
+    previous = signal.signal(signal.SIGUSR2, submitit_requeue)
+    try:
+        _interrupted_by_sigterm(
+            monkeypatch, lambda: _small_run(data_dir, cache_dir, tmp_path), batch=3, signum=signal.SIGUSR2
+        )
+        assert calls == [["step=3.ckpt"]]  # called once, after the step was saved
+        assert signal.getsignal(signal.SIGUSR2) is submitit_requeue
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
 
 
 def test_sigterm_with_gradient_accumulation_saves_whole_steps_and_resumes_exactly(

@@ -14,7 +14,7 @@ import yaml
 
 from src import sweep as sweep_module
 from src.config import config_errors, validate
-from src.sweep import SweepError, build_points, grid, load_sweep, main, point_name, random_search
+from src.sweep import SweepError, build_points, grid, load_sweep, main, point_name, random_search, slurm_layout
 from tests.conftest import ROOT, compose_train
 
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -354,7 +354,6 @@ def test_real_two_point_sweep_through_slurm_on_a_fake_cluster(tiny_sweep, tmp_pa
         "--partition=fake",
         "--nodes=1",
         "--ntasks-per-node=1",
-        "--gpus-per-node=1",  # asked for, ignored by the fake: each point trains on trainer=cpu (below)
         "--cpus-per-task=8",
         "--mem=64GB",
         "--time=240",
@@ -362,6 +361,7 @@ def test_real_two_point_sweep_through_slurm_on_a_fake_cluster(tiny_sweep, tmp_pa
         "--job-name=train",
         "--open-mode=append",  # a requeued job appends to its logs
     } <= sbatch
+    assert not any(flag.startswith("--gpus") for flag in sbatch)  # the points train on trainer=cpu: no idle GPUs
     job_id = submission.name.split("_")[0]
     for _ in range(300):  # a task's result is in before its process exits: wait for the fake's runner to end
         if not (fake_slurm / job_id / "runner.pid").exists():
@@ -375,7 +375,7 @@ def test_real_two_point_sweep_through_slurm_on_a_fake_cluster(tiny_sweep, tmp_pa
         assert f"JobEnvironment(job_id={job_id}_{task}, " in log and "Job completed successfully" in log
         delayed = DelayedSubmission.load(folder / f"{job_id}_{task}_submitted.pkl")
         assert hasattr(delayed.function, "checkpoint")  # submitit requeues only a checkpointable job ...
-        assert (delayed._timeout_min, delayed._timeout_countdown) == (240, 3)  # ... up to max_num_timeout times
+        assert (delayed._timeout_min, delayed._timeout_countdown) == (240, 10)  # ... up to max_num_timeout times
         results = json.loads((out / "tiny" / name / "results.json").read_text())
         assert results["config"]["mask_t"] == int(name.split("=")[1])
         assert results["config"]["resolved"]["trainer"]["accelerator"] == "cpu"  # whatever the job asked SLURM
@@ -384,12 +384,12 @@ def test_real_two_point_sweep_through_slurm_on_a_fake_cluster(tiny_sweep, tmp_pa
 
 @pytest.mark.slow
 def test_a_two_process_point_runs_as_two_srun_tasks_on_the_fake_cluster(tiny_sweep, tmp_path, fake_slurm):
-    """The multi-GPU convention of conf/hydra/launcher/slurm.yaml: tasks_per_node = trainer.devices, and srun
-    starts one process per device, which Lightning joins into one DDP run (here gloo on CPU)."""
+    """Lightning's SLURM convention: src.sweep sets tasks_per_node = trainer.devices, and srun starts one process
+    per device, which Lightning joins into one DDP run (here gloo on CPU)."""
     parameters = yaml.safe_load(tiny_sweep.read_text())["parameters"]
     one_point = write_sweep(tmp_path, {**parameters, "mask.t": {"values": [50]}}, name="ddp")
     out = tmp_path / "out"
-    extras = ["trainer.devices=2", "trainer.strategy=ddp", "hydra.launcher.tasks_per_node=2"]
+    extras = ["trainer.devices=2", "trainer.strategy=ddp"]
     assert main([str(one_point), "--out", str(out), "--launcher", "slurm", "--extra", *extras]) == 0
     results = json.loads((out / "ddp" / "mask.t=50" / "results.json").read_text())
     assert results["status"] == "finished" and results["train"]["steps"] == 4
@@ -398,3 +398,25 @@ def test_a_two_process_point_runs_as_two_srun_tasks_on_the_fake_cluster(tiny_swe
     for rank in (0, 1):
         log = next((out / "ddp" / ".submitit").glob(f"*/*_{rank}_log.out")).read_text()
         assert f"global_rank={rank}(2)" in log and "MEMBER: " in log
+
+
+def test_slurm_layout_follows_the_points_trainer_and_refuses_what_lightning_would(tmp_path):
+    """The paper points (trainer=ddp, 8 devices) get 8 tasks and 8 GPUs per node; an --extra that contradicts
+    them, or points that disagree, fail before anything is submitted."""
+    paper = load_sweep(ROOT / "sweeps" / "paper.yaml")
+    points = build_points(paper, tmp_path)
+    layout = slurm_layout(points, [])
+    assert sorted(layout) == [
+        "hydra.launcher.gpus_per_node=8",
+        "hydra.launcher.nodes=1",
+        "hydra.launcher.tasks_per_node=8",
+    ]
+    assert slurm_layout(points, ["hydra.launcher.partition=gpu", "hydra.launcher.tasks_per_node=8"]) == [
+        "hydra.launcher.gpus_per_node=8",
+        "hydra.launcher.nodes=1",
+    ]
+    with pytest.raises(SweepError, match=r"hydra.launcher.tasks_per_node=1: the points' trainer config asks for 8"):
+        slurm_layout(points, ["hydra.launcher.tasks_per_node=1"])
+    tiny = load_sweep(write_sweep(tmp_path, {"trainer.devices": {"values": [1, 2]}, "debug": {"value": "smoke"}}))
+    with pytest.raises(SweepError, match="points train on different trainer.devices"):
+        slurm_layout(build_points(tiny, tmp_path), [])
