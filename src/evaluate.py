@@ -85,7 +85,7 @@ def evaluate(cfg: DictConfig) -> dict:
         dataset = load_beir(cfg.paths.data_dir, name, cfg.split, cfg.download)
         dataset = subsample(dataset, cfg.max_queries, cfg.max_docs)
         idf = None
-        if cfg.mode == "inference_free":
+        if cfg.mode == "inference_free" and first:  # queries are rank 0's alone: no other rank needs the IDF
             idf, idf_sources[name] = _query_idf(cfg, retriever, dataset)
         evals[name], run = evaluate_dataset(
             dataset,

@@ -48,16 +48,18 @@ def encode_corpus(
     rank 0, which alone reads and writes the cache, gets the index; the other ranks get None."""
     doc_ids = dataset.doc_ids
     texts = [dataset.corpus[d] for d in doc_ids]
-    key = fingerprint(
-        model_fingerprint(encoder),
-        encoder.activation_name,
-        settings.max_length,
-        settings.bf16,
-        corpus_fingerprint(doc_ids, texts),
-    )
-    folder = settings.cache_dir / "encoded" / f"{dataset.name}-{key}" if settings.cache_dir else None
+    folder = None  # the cache entry: only rank 0 needs its key (hashing the weights and every document)
+    if settings.cache_dir is not None and rank() == 0:
+        key = fingerprint(
+            model_fingerprint(encoder),
+            encoder.activation_name,
+            settings.max_length,
+            settings.bf16,
+            corpus_fingerprint(doc_ids, texts),
+        )
+        folder = settings.cache_dir / "encoded" / f"{dataset.name}-{key}"
     cached = None
-    if folder is not None and folder.is_dir() and rank() == 0:
+    if folder is not None and folder.is_dir():
         try:
             log.info("%s: encoded corpus from cache %s", dataset.name, folder)
             cached = SparseIndex.load(folder)
