@@ -55,6 +55,12 @@ class LengthBucketSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def sampler(self) -> "LengthBucketSampler":
+        """Lightning calls set_epoch at each epoch start on a batch sampler's `sampler`, never on the batch sampler
+        itself: without this, every epoch would repeat the first one's order (and a resume re-skip its batches)."""
+        return self
+
     def __len__(self) -> int:
         return self.num_groups // self.global_batch_size
 
