@@ -130,6 +130,15 @@ def gather_to_first(pieces: list[T]) -> list[list[T]] | None:
     return out
 
 
+def global_sum(x: torch.Tensor) -> torch.Tensor:
+    """x summed over all ranks (every rank calls this); x itself in a single process. No gradient flows back."""
+    if world_size() == 1:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x
+
+
 def global_range(low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Elementwise min of `low` and max of `high`, both (T,), over all ranks (every rank calls this, with its
     entries in one order); as they are in a single process. For statistics such as teacher scores' ranges:

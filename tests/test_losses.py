@@ -45,3 +45,50 @@ def test_losses_return_named_differentiable_parts(name):
 def test_unknown_loss():
     with pytest.raises(ValueError, match="loss.name='nce'.*kl, margin_mse"):
         get_loss("nce")
+
+
+# --- the fitted student scale (loss.student_scale=fit) ----------------------------------------------------------
+
+
+def _scale_slope(loss, student: torch.Tensor, teacher: torch.Tensor) -> float:
+    """d loss / d eps of loss((1 + eps) * student) at eps = 0: the pull on the scale of every score alike."""
+    eps = torch.zeros((), requires_grad=True)
+    loss((1 + eps) * student, teacher)["loss_rank"].backward()
+    return eps.grad.item()
+
+
+def _disagreeing_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Student scores of tens of units that rank half the queries' documents unlike the teacher's [0, 20] targets."""
+    gen = torch.Generator().manual_seed(0)
+    teacher = torch.rand(16, 8, generator=gen) * 20
+    student = 30 * torch.rand(16, 8, generator=gen) + 0.5 * teacher
+    return student, teacher
+
+
+def test_a_fixed_scale_rewards_shrinking_every_score_when_the_student_disagrees():
+    """The mechanism behind training that lost NDCG: with a fixed scale, scaling all student scores down lowers
+    the KL (positive slope), so gradient descent shrinks documents instead of reordering them."""
+    student, teacher = _disagreeing_batch()
+    assert _scale_slope(get_loss("kl", student_scale=1.0), student, teacher) > 0.1
+    assert _scale_slope(get_loss("margin_mse", student_scale=1.0), student, teacher) > 0.1
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_a_fitted_scale_leaves_no_pull_on_the_scale_and_ignores_it(name):
+    student, teacher = _disagreeing_batch()
+    fitted = get_loss(name, student_scale="fit")
+    assert abs(_scale_slope(fitted, student, teacher)) < 1e-4 * _scale_slope(get_loss(name), student, teacher)
+    # the same loss and the same ranking signal whatever the scale of the student's scores
+    base, shrunk = fitted(student, teacher), fitted(student / 7, teacher)
+    assert shrunk["loss_rank"].item() == pytest.approx(base["loss_rank"].item(), rel=1e-4)
+    assert shrunk["student_scale"].item() == pytest.approx(7 * base["student_scale"].item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_the_fitted_scale_minimises_the_loss(name):
+    student, teacher = _disagreeing_batch()
+    fitted = get_loss(name, student_scale="fit")(student, teacher)
+    grid = torch.logspace(-3, 1, 2001)
+    best = min(get_loss(name, student_scale=float(a))(student, teacher)["loss_rank"].item() for a in grid)
+    assert fitted["loss_rank"].item() <= best + 1e-6
+    assert 1e-3 < fitted["student_scale"].item() < 10
