@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,13 @@ BEIR_DATASETS = [
     "climate-fever",
     "scifact",
 ]
+
+
+# Datasets without qrels/dev.tsv (scifact): a fixed, seeded fifth of the train queries is held out as the "dev" split
+# and "train" is the rest, so defaults and sweep winners are chosen on judged queries no run trains on (DESIGN.md
+# section 2). Fixed, not a config key: training, evaluation and every sweep must agree on which queries these are.
+DEV_FRACTION = 0.2
+DEV_SEED = 0
 
 
 class DataError(ValueError):
@@ -166,18 +174,57 @@ def load_qrels(
     return qrels
 
 
+def held_out_queries(query_ids: list[str]) -> set[str]:
+    """The dev part of a train split that has no dev split of its own: DEV_FRACTION of its queries, seeded."""
+    ordered = sorted(query_ids)
+    random.Random(DEV_SEED).shuffle(ordered)
+    return set(ordered[: round(DEV_FRACTION * len(ordered))])
+
+
+def carves_dev_from_train(path: Path) -> bool:
+    """True when the dataset at `path` has a train split and no dev split: then dev is held out of train."""
+    return not (path / "qrels" / "dev.tsv").is_file() and (path / "qrels" / "train.tsv").is_file()
+
+
+def carved_split(path: Path, split: str) -> bool:
+    """True when `split` of the dataset at `path` is a part of its train split (see `held_out_queries`)."""
+    return split in ("train", "dev") and carves_dev_from_train(path)
+
+
+def qrels_file(path: Path, split: str) -> Path:
+    """The qrels file that holds `split` of the dataset at `path` (train.tsv for a dev split held out of it)."""
+    return path / "qrels" / f"{'train' if carved_split(path, split) else split}.tsv"
+
+
+def has_split(data_dir: str | Path, name: str, split: str) -> bool:
+    """Whether dataset `name` (on disk) has `split`: its qrels file, or dev held out of train."""
+    return qrels_file(Path(data_dir) / name, split).is_file()
+
+
 def load_beir(
     data_dir: str | Path, name: str, split: str, download: bool = False, skipped: dict[str, int] | None = None
 ) -> BeirDataset:
-    """`skipped`: count and skip qrels lines with unknown ids instead of failing (see `load_qrels`)."""
+    """`skipped`: count and skip qrels lines with unknown ids instead of failing (see `load_qrels`).
+
+    For a dataset without qrels/dev.tsv, split "dev" is the held-out part of qrels/train.tsv (`held_out_queries`)
+    and split "train" the rest: no query is in both."""
     path = dataset_dir(data_dir, name, download)
-    qrels_path = path / "qrels" / f"{split}.tsv"
+    qrels_path = qrels_file(path, split)
     if not qrels_path.is_file():
         splits = sorted(p.stem for p in (path / "qrels").glob("*.tsv"))
+        if "train" in splits and "dev" not in splits:
+            splits.append("dev (held out of train)")
         raise FileNotFoundError(f"{qrels_path} does not exist; {name} has the splits: {', '.join(splits)}")
     corpus = load_corpus(path / "corpus.jsonl")
     queries = load_queries(path / "queries.jsonl")
     qrels = load_qrels(qrels_path, queries, corpus, skipped)
+    if carved_split(path, split):
+        dev = held_out_queries(list(qrels))
+        qrels = {q: judged for q, judged in qrels.items() if (q in dev) == (split == "dev")}
+        log.info(
+            "%s has no qrels/dev.tsv: split %r is %d of its train queries (dev: %.0f%%, seed %d)",
+            name, split, len(qrels), 100 * DEV_FRACTION, DEV_SEED,
+        )  # fmt: skip
     return BeirDataset(name, corpus, {q: queries[q] for q in qrels}, qrels, split)
 
 
