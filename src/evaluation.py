@@ -19,7 +19,7 @@ from src.metrics import ranking_metrics
 from src.retrieval import efficiency, encode_documents, encode_queries, search
 
 log = logging.getLogger(__name__)
-MODES = ("inference_free", "siamese", "bm25")
+MODES = ("inference_free", "siamese", "bm25", "teachers")
 
 
 @dataclass(frozen=True)
@@ -116,20 +116,28 @@ def evaluate_dataset(
     tokenizer: PreTrainedTokenizerBase | None = None,
     idf: torch.Tensor | None = None,
     prune_ratio: float = 0.0,
+    teachers: list[dict] | None = None,
 ) -> tuple[dict[str, float | int | None], dict[str, dict[str, float]]]:
     """The `eval.<dataset>` block of results.json, and the run (query id -> {doc id: score}).
+
+    mode "teachers": the ensemble of `teachers` (training's teacher specs; those that can rank a corpus) as a
+    full-corpus retriever, each min-max normalised per query, as negatives_from=teachers mines: the ceiling
+    distillation aims at.
 
     Under torch.distributed every rank calls this: all ranks encode (a share each), rank 0 alone searches
     and scores, and the other ranks get (None, None)."""
     start = time.perf_counter()
     query_ids = list(dataset.queries)
-    if mode == "bm25" and rank() != 0:
-        return None, None  # nothing to share: BM25 runs on rank 0
-    if mode == "bm25":
-        from src.bm25 import bm25_search
+    if mode in ("bm25", "teachers") and rank() != 0:
+        return None, None  # nothing to share: they run on rank 0
+    if mode in ("bm25", "teachers"):
+        if mode == "bm25":
+            from src.bm25 import bm25_search
 
-        results = bm25_search(dataset, k=settings.top_k, progress=settings.progress)
-        # BM25's terms are stems, not the model's vocabulary: its FLOPS would not be comparable.
+            results = bm25_search(dataset, k=settings.top_k, progress=settings.progress)
+        else:
+            results = teacher_search(dataset, teachers or [], settings.top_k)
+        # Their terms are stems or dense dimensions, not the model's vocabulary: FLOPS would not be comparable.
         eff = {"flops": None, "doc_len": None, "q_len": None}
     else:
         index = encode_corpus(encoder, tokenizer, dataset, settings)
@@ -147,6 +155,26 @@ def evaluate_dataset(
     }
     log.info("%s (%s): %s (%.0f s)", dataset.name, mode, metrics, time.perf_counter() - start)
     return metrics, results
+
+
+def teacher_search(dataset: BeirDataset, teachers: list[dict], k: int) -> dict[str, dict[str, float]]:
+    """query id -> {doc id: score}: the top-k of the teachers' ensemble (`src.data.mining.ensemble_search`); a
+    document with the query's own id is never returned."""
+    from src.data.mining import ensemble_search
+    from src.teachers import TeacherSpec, build_teacher
+
+    corpus = [dataset.corpus[d] for d in dataset.doc_ids]
+    built = [build_teacher(TeacherSpec.from_config(dict(t), f"teachers[{i}]"), corpus) for i, t in enumerate(teachers)]
+    scorers = [t.score_corpus for t in built if hasattr(t, "score_corpus")]
+    if not scorers:
+        raise ValueError("mode=teachers: no teacher can rank a corpus (bm25 and bi_encoder can)")
+    query_ids = list(dataset.queries)
+    values, positions = ensemble_search(scorers, [dataset.queries[q] for q in query_ids], k + 1)
+    results = {}
+    for qid, row_values, row_positions in zip(query_ids, values.tolist(), positions.tolist(), strict=True):
+        hits = [(dataset.doc_ids[i], v) for i, v in zip(row_positions, row_values, strict=True)]
+        results[qid] = dict([(d, v) for d, v in hits if d != qid][:k])
+    return results
 
 
 def write_trec_run(path: Path, results: dict[str, dict[str, float]], tag: str) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from src.distributed import all_gather_objects, gather_across_ranks, global_range, rank, world_size
+from src.distributed import all_gather_objects, gather_across_ranks, global_range, global_sum, rank, world_size
 from src.encoders import DocEncoder, IdfQueryEncoder
 from src.losses import get_loss
 from src.regularizers import masked_flops
@@ -25,21 +25,44 @@ def distillation_loss(
     lam: float,
     term_weights: torch.Tensor | None = None,
     all_doc_vecs: torch.Tensor | None = None,
+    in_batch: bool = False,
 ) -> dict[str, torch.Tensor]:
     """One step's loss: ranking loss on q . d against the teacher, plus lam x masked FLOPS.
 
     query_vecs (N, V), doc_vecs (N, G, V), teacher_scores (N, G). Returns the ranking loss's parts,
     "loss_flops", "loss" (what is optimised) and "mask", the documents the FLOPS term saw.
 
+    `in_batch`: each query is also scored against the other queries' (N-1)*G documents of this batch, after its
+    own G; they get the target of its own lowest-scored document (judged for another query, they are taken to be
+    no better than its hardest negative). The ranking loss then runs over N*G documents per query.
+
     `all_doc_vecs` (W*N, G, V): under data parallelism, the document vectors of all W ranks
     (`gather_across_ranks(doc_vecs)`); the FLOPS term is computed on them (mask (W*N, G)), the ranking
     loss on this rank's batch. Summed over ranks by all_gather's backward and averaged by DDP, the
     gradients are those of one process on the W batches together (DESIGN.md section 1).
     """
-    scores = torch.einsum("nv,ngv->ng", query_vecs, doc_vecs)  # (N, G)
+    if in_batch:
+        scores, teacher_scores = _with_in_batch_documents(query_vecs, doc_vecs, teacher_scores)  # (N, N*G) each
+    else:
+        scores = torch.einsum("nv,ngv->ng", query_vecs, doc_vecs)  # (N, G)
     parts = loss_fn(scores, teacher_scores)
     loss_flops, mask = masked_flops(doc_vecs if all_doc_vecs is None else all_doc_vecs, threshold, term_weights)
     return {**parts, "loss_flops": loss_flops, "loss": parts["loss_rank"] + lam * loss_flops, "mask": mask}
+
+
+def _with_in_batch_documents(
+    query_vecs: torch.Tensor, doc_vecs: torch.Tensor, teacher_scores: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of every query against every document of the batch, its own G first (the positive stays in column
+    0), and the targets: its own teacher scores, then its lowest one for each other query's document."""
+    n, g, _ = doc_vecs.shape
+    all_scores = query_vecs @ doc_vecs.flatten(0, 1).T  # (N, N*G)
+    own = torch.arange(n, device=doc_vecs.device).unsqueeze(1) * g + torch.arange(g, device=doc_vecs.device)  # (N, G)
+    others = torch.ones(n, n * g, dtype=torch.bool, device=doc_vecs.device)
+    others[torch.arange(n).unsqueeze(1), own] = False
+    columns = torch.cat([own, others.nonzero()[:, 1].view(n, (n - 1) * g)], dim=1)  # (N, N*G)
+    floor = teacher_scores.min(dim=1, keepdim=True).values.expand(n, (n - 1) * g)  # (N, (N-1)*G)
+    return all_scores.gather(1, columns), torch.cat([teacher_scores, floor], dim=1)
 
 
 @torch.no_grad()
@@ -59,12 +82,27 @@ def distillation_target(
 
 
 class SparseRetrieverModule(L.LightningModule):
-    def __init__(self, doc_encoder: DocEncoder, query_encoder: IdfQueryEncoder, cfg: DictConfig):
+    def __init__(
+        self,
+        doc_encoder: DocEncoder,
+        query_encoder: IdfQueryEncoder,
+        cfg: DictConfig,
+        query_frequency: torch.Tensor | None = None,
+    ):
+        """query_frequency (V,): the fraction of training queries holding each term (reg.term_weights)."""
         super().__init__()
         self.doc_encoder = doc_encoder
         self.query_encoder = query_encoder
-        self.loss_fn = get_loss(cfg.loss.name)
+        # The student's scale is fitted on the global batch: the same on every rank, whatever the number of ranks.
+        self.loss_fn = get_loss(cfg.loss.name, cfg.loss.student_scale, reduce=global_sum)
+        self.in_batch = cfg.loss.in_batch
         self.reg, self.mask, self.optim = cfg.reg, cfg.mask, cfg.optim
+        # masked_flops squares each term's weighted mean: square roots, so a term's share is linear in its weight.
+        weights = {"idf": lambda: query_encoder.idf.detach(), "query_frequency": lambda: query_frequency}
+        chosen = weights[cfg.reg.term_weights]() if cfg.reg.term_weights else None
+        self.register_buffer(
+            "flops_term_weights", None if chosen is None else chosen.clamp(min=0).sqrt(), persistent=False
+        )
         self.seed = cfg.seed
         targets = cfg.data.teacher_scores  # how distillation_target combines the teachers
         weights = OmegaConf.to_container(targets.weights) if targets.weights else None
@@ -118,10 +156,10 @@ class SparseRetrieverModule(L.LightningModule):
         q = self.query_encoder(batch["query_ids"], batch["query_mask"])  # (N, V)
         d = self.doc_encoder(batch["doc_ids"], batch["doc_mask"]).view(n, g, -1)  # (N, G, V)
         threshold, lam = self.threshold_now(), self.lambda_now()
-        term_weights = self.query_encoder.idf.detach() if self.reg.idf_weighted else None
+        term_weights = self.flops_term_weights
         # Data parallel (W ranks): masked FLOPS over the documents of all ranks, the ranking loss on this rank's.
         d_all = gather_across_ranks(d)  # (W*N, G, V); d itself when W = 1
-        out = distillation_loss(q, d, teacher, self.loss_fn, threshold, lam, term_weights, d_all)
+        out = distillation_loss(q, d, teacher, self.loss_fn, threshold, lam, term_weights, d_all, self.in_batch)
         mask = out.pop("mask")  # (W*N, G); the rest are scalars: loss_rank (and its parts), loss_flops, loss
 
         # Logged values are of the global batch of W*N queries, identical on all ranks: loss_flops, masked_frac

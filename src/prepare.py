@@ -23,13 +23,14 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from src.config import ConfigError
-from src.data.beir import dataset_dir, load_beir, subsample
+from src.data.beir import DEV_FRACTION, DEV_SEED, BeirDataset, dataset_dir, load_beir, qrels_file, subsample
 from src.data.groups import MANIFEST, Candidate, GroupRecord, Manifest, ShardInfo, sha256_file, write_shard
-from src.data.mining import mine_groups
-from src.encoders import compute_idf, load_tokenizer, resolve_model, save_idf
+from src.data.mining import NEGATIVES_FROM, Ranker, bm25_candidates, ensemble_ranker, mine_groups
+from src.encoders import DocEncoder, IdfQueryEncoder, compute_idf, load_tokenizer, resolve_model, save_idf
 from src.index import fingerprint
 from src.io import atomic_write_json
-from src.teachers import CORPUS_DEPENDENT, Teacher, TeacherSpec, build_teacher
+from src.retrieval import encode_documents, encode_queries, search
+from src.teachers import PER_SOURCE, Teacher, TeacherSpec, build_teacher
 
 log = logging.getLogger(__name__)
 STATE = ".prepare-state.json"
@@ -38,8 +39,8 @@ SCORE_DECIMALS = 6  # keeps shards small and their bytes independent of float pr
 
 # The settings that make a prepared set; the key over them (and the inputs' content) names its cache folder.
 SETTINGS = (
-    "datasets", "split", "triples", "msmarco", "group_size", "negatives_from_top", "teachers", "seed",
-    "max_queries", "batch_size", "shard_size", "idf_tokenizer",
+    "datasets", "split", "triples", "msmarco", "group_size", "negatives_from", "negatives_from_top", "teachers",
+    "seed", "max_queries", "batch_size", "shard_size", "student",
 )  # fmt: skip
 
 
@@ -61,20 +62,53 @@ class SourceSpec:
     load: Callable[[], Source]
 
 
-def beir_source(cfg: DictConfig, name: str) -> SourceSpec:
+def beir_source(cfg: DictConfig, name: str, teachers: "_Teachers | None" = None) -> SourceSpec:
     folder = dataset_dir(cfg.paths.data_dir, name, cfg.download)
 
     def load() -> Source:
         skipped: dict[str, int] = {}
         dataset = load_beir(cfg.paths.data_dir, name, cfg.split, skipped=skipped)
         dataset = subsample(dataset, cfg.max_queries, None)  # before mining: teachers score only what is used
-        candidates, counts = mine_groups(dataset, cfg.group_size, cfg.negatives_from_top, cfg.seed)
+        ranker = _ranker(cfg, dataset, teachers)
+        candidates, counts = mine_groups(dataset, cfg.group_size, cfg.negatives_from_top, cfg.seed, ranker)
         counts = {"qrels_unknown_query": 0, "qrels_unknown_doc": 0, **skipped, **counts}
         return Source(name, candidates, counts, list(dataset.corpus.values()))
 
-    return SourceSpec(
-        name, [folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / f"{cfg.split}.tsv"], load
-    )
+    return SourceSpec(name, [folder / "corpus.jsonl", folder / "queries.jsonl", qrels_file(folder, cfg.split)], load)
+
+
+def _ranker(cfg: DictConfig, dataset: BeirDataset, teachers: "_Teachers | None") -> Ranker:
+    """What the negatives are mined from (`negatives_from`): BM25, the teachers' ensemble or the student."""
+    if cfg.negatives_from == "bm25":
+        return bm25_candidates
+    corpus = [dataset.corpus[d] for d in dataset.doc_ids]
+    if cfg.negatives_from == "student":
+        return student_ranker(cfg.student, corpus)
+    scorers = [
+        teacher.score_corpus
+        for spec in teachers.specs
+        if hasattr(teacher := teachers.get(spec, dataset.name, corpus), "score_corpus")
+    ]
+    if not scorers:
+        raise ConfigError("negatives_from: teachers needs a teacher that can rank a corpus (bm25 or bi_encoder)")
+    return ensemble_ranker(scorers)
+
+
+def student_ranker(model: str | None, corpus: list[str], max_length: int = 256) -> Ranker:
+    """The student before training, inference-free (IDF of this corpus): the documents it wrongly ranks high."""
+
+    def rank(dataset: BeirDataset, qids: list[str], k: int) -> dict[str, list[str]]:
+        tokenizer = load_tokenizer(model)
+        encoder = DocEncoder.from_pretrained(model)
+        docs = encode_documents(encoder, tokenizer, corpus, max_length, progress=True)  # (D, V)
+        idf = compute_idf(corpus, tokenizer)
+        queries = encode_queries(
+            IdfQueryEncoder(idf, tokenizer.all_special_ids), tokenizer, [dataset.queries[q] for q in qids]
+        )
+        hits = search(queries, docs, qids, dataset.doc_ids, k=k)
+        return {q: list(hits[q]) for q in qids}
+
+    return rank
 
 
 def triples_source(cfg: DictConfig, path: str) -> SourceSpec:
@@ -92,8 +126,11 @@ def triples_source(cfg: DictConfig, path: str) -> SourceSpec:
     return SourceSpec(Path(path).stem, [Path(path)], load)
 
 
-def source_specs(cfg: DictConfig) -> list[SourceSpec]:
-    found = [beir_source(cfg, name) for name in cfg.datasets]
+def source_specs(cfg: DictConfig, teachers: "_Teachers | None" = None) -> list[SourceSpec]:
+    """`teachers`: where negatives_from=teachers finds them (only `load` needs them)."""
+    if cfg.negatives_from not in NEGATIVES_FROM:
+        raise ConfigError(f"negatives_from: must be one of {', '.join(NEGATIVES_FROM)}, got {cfg.negatives_from!r}")
+    found = [beir_source(cfg, name, teachers) for name in cfg.datasets]
     found += [triples_source(cfg, path) for path in cfg.triples]
     if cfg.msmarco.format:
         from src.data import msmarco
@@ -121,39 +158,48 @@ def teacher_specs(cfg: DictConfig) -> list[TeacherSpec]:
 def prepared_key(cfg: DictConfig) -> str:
     """Everything the bytes of the set depend on: the settings, the inputs' content and the teachers' weights."""
     settings = {k: OmegaConf.to_container(cfg, resolve=True)[k] for k in SETTINGS}
+    models = [resolve_model(s.model) for s in teacher_specs(cfg) if s.kind == "splade" or s.model]
+    if cfg.negatives_from == "student":
+        models.append(resolve_model(cfg.student))
     weights = []
-    for spec in teacher_specs(cfg):
-        if spec.kind in CORPUS_DEPENDENT:
-            continue
-        folder = Path(resolve_model(spec.model)) if spec.kind == "splade" or spec.model else None
-        if folder is not None and folder.is_dir():  # a hub id has no local files: its name in settings is the key
+    for folder in map(Path, models):
+        if folder.is_dir():  # a hub id has no local files: its name in settings is the key
             weights += [sha256_file(p) for p in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))]
     inputs = [sha256_file(p) for s in source_specs(cfg) for p in s.inputs]
-    return fingerprint(settings, inputs, weights)
+    # Which train queries are held out as dev (datasets without a dev split) decides which groups there are.
+    return fingerprint(settings, inputs, weights, {"dev_fraction": DEV_FRACTION, "dev_seed": DEV_SEED})
 
 
 class _Teachers:
-    """Loads each teacher once, on first use; corpus-dependent ones once per source."""
+    """Loads each teacher once, on first use; PER_SOURCE kinds once per source (mining and scoring share it)."""
 
     def __init__(self, specs: list[TeacherSpec]):
         self.specs, self.loaded = specs, {}
 
-    def get(self, spec: TeacherSpec, source: Source) -> Teacher:
-        key = (spec.name, source.name if spec.kind in CORPUS_DEPENDENT else None)
+    def get(self, spec: TeacherSpec, source: str, corpus: Sequence[str]) -> Teacher:
+        key = (spec.name, source if spec.kind in PER_SOURCE else None)
         if key not in self.loaded:
             log.info("loading teacher %s (%s)", spec.name, spec.kind)
-            self.loaded[key] = build_teacher(spec, source.corpus)
+            self.loaded[key] = build_teacher(spec, corpus)
         return self.loaded[key]
+
+    def for_source(self, source: Source) -> list[Teacher]:
+        """The teachers of a source, in spec order, each given all the source's documents before any is scored."""
+        teachers = [self.get(spec, source.name, source.corpus) for spec in self.specs]
+        for teacher in teachers:
+            if hasattr(teacher, "precompute"):
+                teacher.precompute([d for c in source.candidates for d in c.docs])
+        return teachers
 
 
 def _score_shard(
     chunk: list[Candidate], source: Source, teachers: _Teachers, batch_size: int, bar: tqdm
 ) -> list[GroupRecord]:
     scores: list[dict[str, list[float]]] = [dict(c.given_scores) for c in chunk]
+    loaded = teachers.for_source(source)
     for start in range(0, len(chunk), batch_size):
         batch = chunk[start : start + batch_size]
-        for spec in teachers.specs:
-            teacher = teachers.get(spec, source)
+        for spec, teacher in zip(teachers.specs, loaded, strict=True):
             raw = teacher.score([c.query for c in batch], [c.docs for c in batch])  # (B, G)
             rounded = np.round(raw.numpy().astype(np.float64), SCORE_DECIMALS)  # (B, G)
             for row, values in zip(scores[start : start + len(batch)], rounded, strict=True):
@@ -220,12 +266,12 @@ def _prepare(cfg: DictConfig, out: Path, key: str) -> Path:
             return out
         raise ConfigError(f"paths.output_dir: {out} holds a prepared set with other settings or inputs")
     done = _open_state(out, key)
-    found = [spec.load() for spec in source_specs(cfg)]
+    teachers = _Teachers(specs)
+    found = [spec.load() for spec in source_specs(cfg, teachers)]
     names = _check_teachers(found, specs)
     out.mkdir(parents=True, exist_ok=True)
 
     shard_size = cfg.shard_size - cfg.shard_size % cfg.batch_size or cfg.batch_size  # whole batches per shard
-    teachers = _Teachers(specs)
     shards: list[ShardInfo] = []
     for source in found:
         chunks = [source.candidates[i : i + shard_size] for i in range(0, len(source.candidates), shard_size)]
@@ -240,7 +286,7 @@ def _prepare(cfg: DictConfig, out: Path, key: str) -> Path:
                 done[file] = shards[-1]
                 atomic_write_json(out / STATE, {"key": key, "shards": [asdict(s) for s in done.values()]})
 
-    tokenizer = load_tokenizer(cfg.idf_tokenizer)
+    tokenizer = load_tokenizer(cfg.student)
     texts = (t for s in found for t in (s.idf_texts() if s.idf_texts else s.corpus))
     save_idf(compute_idf(tqdm(texts, desc="IDF", unit="doc", mininterval=2), tokenizer), tokenizer, out / "idf.json")
 

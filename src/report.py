@@ -59,6 +59,8 @@ class Row:
     ndcg: dict[str, float]  # dataset -> NDCG@10, only the datasets evaluated
     flops: dict[str, float] = field(default_factory=dict)  # dataset -> FLOPS, where the mode defines it
     doc_len: dict[str, float] = field(default_factory=dict)
+    dev_ndcg: dict[str, float] = field(default_factory=dict)  # dataset -> NDCG@10 on its dev split (runs)
+    prune_ratio: float | None = None  # references: the post-hoc pruning they were evaluated with
     activation: str | None = None
     mask_t: float | None = None
     lambda_d: float | None = None
@@ -74,6 +76,9 @@ class Row:
 
     def mean_ndcg(self, datasets: Sequence[str]) -> float | None:
         return _mean(self.ndcg.get(d) for d in datasets)
+
+    def mean_dev_ndcg(self, datasets: Sequence[str]) -> float | None:
+        return _mean(self.dev_ndcg.get(d) for d in datasets)
 
     def mean_flops(self, datasets: Sequence[str]) -> float | None:
         return _mean(self.flops.get(d) for d in datasets)
@@ -152,6 +157,7 @@ def run_row(path: Path, results: dict) -> Row:
         ndcg=_metric_block(evals, "ndcg@10"),
         flops=_metric_block(evals, "flops"),
         doc_len=_metric_block(evals, "doc_len"),
+        dev_ndcg=_metric_block(results.get("dev") or {}, "ndcg@10"),
         activation=config.get("activation"),
         mask_t=config.get("mask_t"),
         lambda_d=config.get("lambda_d"),
@@ -194,6 +200,7 @@ def load_reference(label: str, path: str | Path) -> Row:
         flops=_metric_block(evals, "flops"),
         doc_len=_metric_block(evals, "doc_len"),
         activation=config.get("activation"),
+        prune_ratio=config.get("prune_ratio"),
         path=str(path),
     )
 
@@ -324,23 +331,70 @@ def format_table(
     Reference rows first, in the order given; runs as sort_rows orders them."""
     refs = [r for r in rows if r.kind == "reference"]
     runs = sort_rows(r for r in rows if r.kind != "reference")
-    head = ["model", *datasets, "mean NDCG@10", "FLOPS", "Doc_Len", "status", "train s"]
+    head = ["model", *datasets, "mean NDCG@10", "dev mean", "FLOPS", "Doc_Len", "status", "train s"]
     lines = _header(title, command, date)
-    lines.append("NDCG@10 on the test splits; FLOPS and Doc_Len are means over the same datasets.")
+    lines.append(
+        "NDCG@10 on the test splits; FLOPS and Doc_Len are means over the same datasets. dev mean: NDCG@10 on the dev "
+        "splits (nfcorpus dev; scifact: the fifth of its train queries held out of training), on which settings are "
+        "chosen."
+    )
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 3) + "---|---:|"]
     for r in [*refs, *runs]:
         cells = [
             r.name.replace("|", "\\|"),
             *(_num(r.ndcg.get(d), 4) for d in datasets),
             _mean_cell(r, datasets),
+            _num(r.mean_dev_ndcg(datasets), 4),
             _flops(r.mean_flops(datasets)),
             _num(r.mean_doc_len(datasets), 1),
             r.status,
             _num(r.wall_s, 0),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += format_equal_ndcg([*refs, *runs], datasets)
     notes = _notes([*refs, *runs], datasets)
     return "\n".join(lines + (["", *notes] if notes else [])) + "\n"
+
+
+def flops_needed(rows: Sequence[Row], datasets: Sequence[str], activation: str, ndcg: float) -> float | None:
+    """The least FLOPS at which the activation's runs reach a mean NDCG@10 of `ndcg`: its finished runs in FLOPS
+    order, read as a piecewise-linear curve, crossed at `ndcg` (None when no run reaches it). Activations compared
+    at equal effectiveness, not at equal settings."""
+    curve = sorted(
+        (x, y)
+        for r in rows
+        if r.kind == "run" and r.status == "finished" and (r.activation or "?") == activation
+        for x, y in [(r.mean_flops(datasets), r.mean_ndcg(datasets))]
+        if x is not None and y is not None
+    )
+    for i, (x, y) in enumerate(curve):
+        if y >= ndcg:
+            if i == 0 or curve[i - 1][1] >= ndcg:
+                return x
+            x0, y0 = curve[i - 1]
+            return x0 + (x - x0) * (ndcg - y0) / (y - y0)
+    return None
+
+
+def format_equal_ndcg(rows: Sequence[Row], datasets: Sequence[str]) -> list[str]:
+    """A markdown table: for each reference's mean NDCG@10, the FLOPS each activation needs to reach it."""
+    activations = sorted({r.activation or "?" for r in rows if r.kind == "run"}, key=_activation_key)
+    levels = [(r.name, r.mean_ndcg(datasets)) for r in rows if r.kind == "reference"]
+    levels = [(name, y) for name, y in levels if y is not None]
+    if not activations or not levels:
+        return []
+    lines = [
+        "",
+        "FLOPS each activation needs to reach a reference's mean NDCG@10 (its finished runs as a curve in FLOPS "
+        "order, interpolated; '-': no run reaches it):",
+        "",
+        "| mean NDCG@10 of | level | " + " | ".join(activations) + " |",
+        "|---|---:|" + "---:|" * len(activations),
+    ]
+    for name, y in levels:
+        cells = [_flops(flops_needed(rows, datasets, act, y)) for act in activations]
+        lines.append(f"| {name.replace('|', chr(92) + '|')} | {y:.4f} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def format_paper_table(
@@ -420,7 +474,19 @@ def frontier_figure(
         Line2D([], [], color="gray", marker="o", mfc="none", ls="none", label="plain FLOPS"),
         Line2D([], [], color="gray", marker="x", mew=2, ls="none", label="collapsed"),
     ]
+    pruned = sorted(
+        ((r, x, y) for r, x, y in points if r.kind == "reference" and r.prune_ratio is not None and x is not None),
+        key=lambda p: p[1],
+    )
+    if len(pruned) > 1:  # one model pruned post hoc at several ratios: the baseline training must beat
+        ax.plot([x for _, x, _ in pruned], [y for _, _, y in pruned], "s:", color="0.35", markersize=5, zorder=2)
+        for r, x, y in pruned:
+            ax.annotate(f"{r.prune_ratio:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        handles.append(Line2D([], [], color="0.35", marker="s", ls=":", label="post-hoc pruning (ratio)"))
+    else:
+        pruned = []
     refs = [(r, x, y) for r, x, y in points if r.kind == "reference" and y is not None]
+    refs = [(r, x, y) for r, x, y in refs if all(r is not p for p, _, _ in pruned)]
     for i, (r, x, y) in enumerate(refs):
         shade = f"{0.15 + 0.5 * i / max(1, len(refs)):.2f}"  # greys, darkest first
         if x is None:
@@ -500,8 +566,10 @@ def write_report(
     datasets: Sequence[str] | None = None,
     command: str | None = None,
     date: str | None = None,
+    curve_metrics: Sequence[str] = ("train/doc_len", "train/masked_frac"),
 ) -> dict[str, Path]:
-    """Writes table.md, frontier.png and (where runs logged metrics) curves.png under out; returns their paths."""
+    """Writes table.md, frontier.png and (where runs logged metrics) curves.png of `curve_metrics` under out;
+    returns their paths."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout: {layout!r} is not one of {', '.join(LAYOUTS)}")
     out = Path(out)
@@ -522,7 +590,7 @@ def write_report(
     dirs = [d for d in find_run_dirs(run_dirs) if read_metrics(d)]
     if dirs:
         written["curves"] = out / "curves.png"
-        training_curves(dirs).savefig(written["curves"], dpi=120, metadata={"Software": None})
+        training_curves(dirs, curve_metrics).savefig(written["curves"], dpi=120, metadata={"Software": None})
     return written
 
 
@@ -537,6 +605,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--datasets", help="comma-separated; default: every dataset evaluated (paper: BEIR-13)")
     parser.add_argument("--command", help="the command line to record in the table (default: this one)")
     parser.add_argument("--date", help="the date to record (default: today UTC, or SOURCE_DATE_EPOCH's)")
+    parser.add_argument(
+        "--curves",
+        default="train/doc_len,train/masked_frac",
+        help="comma-separated metrics of metrics.csv to plot in curves.png, one panel each",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -549,6 +622,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None,
         command,
         args.date or _date(),
+        [m.strip() for m in args.curves.split(",") if m.strip()],
     )
     print(written["table"].read_text())
     print("\n".join(f"{kind}: {path}" for kind, path in written.items()))

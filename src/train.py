@@ -15,10 +15,10 @@ from transformers import PreTrainedTokenizerBase
 
 from src.checkpoints import AtomicCheckpointIO, SaveThenRequeue, StepCheckpoint, latest_valid
 from src.config import ConfigError, per_device_batch_size, resolve_output_dir, validate
-from src.data.beir import load_beir, subsample
+from src.data.beir import has_split, load_beir, subsample
 from src.data.groups import PreparedSet
 from src.data.module import DistillationDataModule
-from src.encoders import DocEncoder, IdfQueryEncoder, load_idf, load_tokenizer
+from src.encoders import DocEncoder, IdfQueryEncoder, load_idf, load_tokenizer, query_frequency
 from src.evaluation import EvalSettings, evaluate_dataset, format_table
 from src.export import export_model, model_folder
 from src.guards import TrainingGuard
@@ -52,11 +52,11 @@ def prepared_set(cfg: DictConfig) -> Path:
     if cfg.data.prepared:
         return Path(cfg.data.prepared)
     renamed = {"seed": "mining_seed", "batch_size": "teacher_batch_size"}  # prepare's name -> data's
-    settings = {key: cfg.data[renamed.get(key, key)] for key in SETTINGS if key != "idf_tokenizer"}
+    settings = {key: cfg.data[renamed.get(key, key)] for key in SETTINGS if key != "student"}
     settings = OmegaConf.create(
         {
             **settings,
-            "idf_tokenizer": str(model_folder(cfg.model.name_or_path)) if cfg.model.name_or_path else None,
+            "student": str(model_folder(cfg.model.name_or_path)) if cfg.model.name_or_path else None,
             "download": cfg.data.download,
             "paths": {"data_dir": cfg.paths.data_dir, "output_dir": None},
         }
@@ -113,7 +113,11 @@ def train(cfg: DictConfig) -> dict:
     if cfg.model.compile:
         doc_encoder.compile_body()
     query_encoder = IdfQueryEncoder(idf, tokenizer.all_special_ids, trainable=cfg.query.idf_trainable)
-    module = SparseRetrieverModule(doc_encoder, query_encoder, cfg)
+    frequency = None
+    if cfg.reg.term_weights == "query_frequency":  # of the training queries, as the query encoder tokenises them
+        queries = (group.query for group in datamodule.train_set)
+        frequency = query_frequency(queries, tokenizer, cfg.model.query_max_length)
+    module = SparseRetrieverModule(doc_encoder, query_encoder, cfg, frequency)
 
     logger = hydra.utils.instantiate(cfg.logger) if cfg.get("logger") else False
     # Every run keeps its per-step metrics in metrics/metrics.csv too: the notebook and the report read them there.
@@ -137,13 +141,28 @@ def train(cfg: DictConfig) -> dict:
     train_wall = time.perf_counter() - start
     first = trainer.global_rank == 0
 
-    evals = {}
+    evals, dev = {}, {}
     if guard.status != "diverged":  # NaN weights: nothing worth exporting or evaluating; checkpoints keep the last good
         if first:
             export_model(doc_encoder, tokenizer, query_encoder.idf.detach(), output_dir / "model")
         doc_encoder.to(trainer.strategy.root_device)  # Lightning's teardown left the model on the CPU
         # Every rank evaluates: under DDP the ranks share the corpus encoding and rank 0 searches and scores.
-        evals = {name: _evaluate(cfg, name, doc_encoder, query_encoder, tokenizer) for name in cfg.eval.datasets}
+        evals = {
+            name: _evaluate(cfg, name, cfg.eval.split, doc_encoder, query_encoder, tokenizer)
+            for name in cfg.eval.datasets
+        }
+        if cfg.eval.dev_split:  # for choosing settings; the corpora are encoded once (cache)
+            with_dev = [d for d in cfg.eval.datasets if has_split(cfg.paths.data_dir, d, cfg.eval.dev_split)]
+            if len(with_dev) < len(cfg.eval.datasets):  # e.g. trec-covid: test qrels only
+                log.info(
+                    "no %s split, not scored on it: %s",
+                    cfg.eval.dev_split,
+                    sorted(set(cfg.eval.datasets) - set(with_dev)),
+                )
+            dev = {
+                name: _evaluate(cfg, name, cfg.eval.dev_split, doc_encoder, query_encoder, tokenizer)
+                for name in with_dev
+            }
     if not first:  # DDP: the other ranks are done; rank 0 writes the results
         return {}
     results = {
@@ -156,10 +175,12 @@ def train(cfg: DictConfig) -> dict:
             "wall_s": round(train_wall, 1),
         },
         "eval": evals,
+        **({"dev": dev} if dev else {}),
     }
     atomic_write_json(output_dir / "results.json", results)
     if logger:
         summary = {f"val/{ds}/{metric}": value for ds, block in evals.items() for metric, value in block.items()}
+        summary |= {f"dev/{ds}/{metric}": value for ds, block in dev.items() for metric, value in block.items()}
         summary["eff/flops"] = sum(b["flops"] for b in evals.values()) / max(1, len(evals))
         summary["eff/doc_len"] = sum(b["doc_len"] for b in evals.values()) / max(1, len(evals))
         logger.log_metrics(summary, step=trainer.global_step)
@@ -202,9 +223,9 @@ def _differences(a: object, b: object, prefix: str = "") -> list[str]:
 
 
 def _evaluate(
-    cfg: DictConfig, name: str, doc_encoder: DocEncoder, query_encoder: IdfQueryEncoder, tokenizer
+    cfg: DictConfig, name: str, split: str, doc_encoder: DocEncoder, query_encoder: IdfQueryEncoder, tokenizer
 ) -> dict[str, float | int | None] | None:
-    test = load_beir(cfg.paths.data_dir, name, cfg.eval.split, cfg.data.download)
+    test = load_beir(cfg.paths.data_dir, name, split, cfg.data.download)
     test = subsample(test, cfg.eval.max_queries, cfg.eval.max_docs)
     settings = EvalSettings(
         max_length=cfg.eval.max_length,
@@ -219,12 +240,15 @@ def _evaluate(
 
 def _print_summary(results: dict, output_dir: Path) -> None:
     c = results["config"]
-    print(
+    lines = [
         f"\nl0-sparse run: activation={c['activation']} mask.t={c['mask_t']} reg.lambda_d={c['lambda_d']} "
-        f"steps={results['train']['steps']} ({results['train']['wall_s']} s)\n"
-        f"{format_table(results['eval'])}\nresults: {output_dir / 'results.json'}",
-        flush=True,
-    )
+        f"steps={results['train']['steps']} ({results['train']['wall_s']} s)",
+        f"{c['resolved']['eval']['split']} split (the reported figures):",
+        format_table(results["eval"]),
+    ]
+    if "dev" in results:
+        lines += [f"{c['resolved']['eval']['dev_split']} split (to choose settings on):", format_table(results["dev"])]
+    print("\n".join([*lines, f"results: {output_dir / 'results.json'}"]), flush=True)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

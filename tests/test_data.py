@@ -3,8 +3,8 @@ import random
 import pytest
 import torch
 
-from src.data.beir import DataError, load_beir, load_corpus, load_qrels, subsample
-from src.data.mining import mine_groups
+from src.data.beir import DataError, held_out_queries, load_beir, load_corpus, load_qrels, subsample
+from src.data.mining import ensemble_ranker, mine_groups
 
 
 def test_real_scifact_splits_load_with_crlf_qrels(data_dir):
@@ -39,15 +39,59 @@ def test_missing_dataset_says_where_to_put_it(tmp_path):
         load_beir(tmp_path, "nosuchset", "test")
 
 
+def test_scifact_dev_is_a_fixed_fifth_of_train_held_out_and_nfcorpus_keeps_its_own(data_dir):
+    train, dev = load_beir(data_dir, "scifact", "train"), load_beir(data_dir, "scifact", "dev")
+    assert (len(train.qrels), len(dev.qrels)) == (647, 162)  # 809 train queries: 20% held out
+    assert not set(train.qrels) & set(dev.qrels)
+    full = load_qrels(data_dir / "scifact" / "qrels" / "train.tsv")
+    assert {**train.qrels, **dev.qrels} == full  # together exactly the train split, judgements untouched
+    assert set(dev.qrels) == held_out_queries(list(full)) == held_out_queries(sorted(full, reverse=True))
+    assert set(dev.queries) == set(dev.qrels) and len(dev.corpus) == 5183
+    nf_dev = load_beir(data_dir, "nfcorpus", "dev")  # has qrels/dev.tsv: used as it is, train untouched
+    assert len(nf_dev.qrels) == 324 and len(load_beir(data_dir, "nfcorpus", "train").qrels) == 2590
+    with pytest.raises(FileNotFoundError, match=r"splits: test, train, dev \(held out of train\)"):
+        load_beir(data_dir, "scifact", "validation")
+
+
 def test_mined_groups_have_judged_positive_and_unjudged_negatives(data_dir):
     train = load_beir(data_dir, "scifact", "train")
     groups, counts = mine_groups(train, group_size=3, negatives_from_top=50, seed=1)
-    assert counts["groups"] == len(groups) == 809
+    assert counts["groups"] == len(groups) == 647
     for g in groups:
         assert len(g.doc_ids) == 3 and train.qrels[g.query_id].get(g.doc_ids[0], 0) > 0
         assert not any(d in train.qrels[g.query_id] for d in g.doc_ids[1:])
         assert g.docs == [train.corpus[d] for d in g.doc_ids] and g.query == train.queries[g.query_id]
     assert mine_groups(train, group_size=3, negatives_from_top=50, seed=1)[0] == groups  # deterministic
+
+
+def test_ensemble_ranker_normalises_each_scorer_per_query_over_the_corpus(data_dir):
+    """Two scorers on different scales: each is min-max normalised per query over the whole corpus, then summed;
+    a scorer alone ranks as itself, and mined negatives come from the ensemble's top."""
+    dataset = subsample(load_beir(data_dir, "scifact", "train"), 4, 60)
+    qids, n = list(dataset.qrels), len(dataset.doc_ids)
+    gen = torch.Generator().manual_seed(0)
+    big, small = torch.rand(4, n, generator=gen) * 100, torch.rand(4, n, generator=gen)  # (Q, D) each
+
+    row = {dataset.queries[q]: i for i, q in enumerate(qids)}
+
+    def scorer(table: torch.Tensor):
+        return lambda texts: table[[row[t] for t in texts]]  # (len(texts), D)
+
+    alone = ensemble_ranker([scorer(big)])(dataset, qids, 5)
+    assert alone == {q: [dataset.doc_ids[i] for i in big[k].topk(5).indices] for k, q in enumerate(qids)}
+    both = ensemble_ranker([scorer(big), scorer(small)], chunk=3)(dataset, qids, 5)
+
+    def unit(t: torch.Tensor) -> torch.Tensor:
+        return (t - t.amin(1, keepdim=True)) / (t.amax(1, keepdim=True) - t.amin(1, keepdim=True))
+
+    expected = unit(big) + unit(small)
+    assert both == {q: [dataset.doc_ids[i] for i in expected[k].topk(5).indices] for k, q in enumerate(qids)}
+    assert both != alone
+    ranker = ensemble_ranker([scorer(big), scorer(small)])
+    groups, _ = mine_groups(dataset, 3, 5, seed=0, ranker=ranker)
+    ranked = ranker(dataset, qids, n)
+    for g in groups:  # negatives: from the ensemble's 5 best documents not judged for the query
+        assert set(g.doc_ids[1:]) <= set([d for d in ranked[g.query_id] if d not in dataset.qrels[g.query_id]][:5])
 
 
 def test_length_buckets_cover_each_group_once_and_cut_padding():
@@ -68,6 +112,20 @@ def test_length_buckets_cover_each_group_once_and_cut_padding():
 
     unbucketed = [list(range(i, i + 8)) for i in range(0, 1000, 8)]
     assert padding(batches) < 0.1 * padding(unbucketed)
+
+
+def test_lightning_advances_the_samplers_epoch():
+    """Lightning's epoch-start hook reaches a batch sampler only through its `sampler` attribute: a sampler it
+    missed served every epoch the first one's order, and a run resumed before an epoch boundary differed."""
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+    from torch.utils.data import DataLoader
+
+    from src.data.module import LengthBucketSampler
+
+    sampler = LengthBucketSampler(40, batch_size=8, seed=3)
+    first = list(sampler)
+    _set_sampler_epoch(DataLoader(range(40), batch_sampler=sampler), 1)
+    assert sampler.epoch == 1 and list(sampler) != first
 
 
 @pytest.mark.parametrize("lengths", [None, [random.Random(1).randint(20, 256) for _ in range(100)]])

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from src.data.module import LengthBucketSampler
-from src.distributed import gather_across_ranks, world_size
+from src.distributed import gather_across_ranks, global_sum, world_size
 from src.encoders import DocEncoder
 from src.evaluate import evaluate
 from src.losses import get_loss
@@ -50,8 +50,10 @@ def _loss(encoder: DocEncoder, batch: dict, rows: slice, threshold: float | None
     docs = slice(rows.start * G, rows.stop * G)
     d = encoder(batch["doc_ids"][docs], batch["doc_mask"][docs]).view(-1, G, VOCAB)  # (N, G, V)
     d_all = gather_across_ranks(d) if gather else None
+    # The default loss: KL with the student's scale fitted on the global batch (summed over ranks).
+    loss = get_loss("kl", student_scale="fit", reduce=global_sum if gather else None)
     return distillation_loss(
-        batch["query"][rows], d, batch["teacher"][rows], get_loss("kl"), threshold, LAMBDA, all_doc_vecs=d_all
+        batch["query"][rows], d, batch["teacher"][rows], loss, threshold, LAMBDA, all_doc_vecs=d_all
     )
 
 
@@ -99,8 +101,9 @@ def test_gathered_flops_and_averaged_gradients_equal_one_process_on_the_whole_ba
     mp.spawn(_rank, args=(_free_port(), threshold, tmp_path), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
-    for r in ranks:  # the FLOPS term and its mask are the global batch's, the same on every rank
+    for r in ranks:  # the FLOPS term, its mask and the student's fitted scale are the global batch's, on every rank
         torch.testing.assert_close(r["parts"]["loss_flops"], whole["loss_flops"], rtol=1e-5, atol=0)
+        torch.testing.assert_close(r["parts"]["student_scale"], whole["student_scale"], rtol=1e-5, atol=0)
         assert torch.equal(r["mask"], whole["mask"])
     # Without the gather, each rank's FLOPS (mean over its own N) is another number: the test can fail.
     for r in ranks:

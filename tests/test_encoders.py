@@ -12,6 +12,7 @@ from src.encoders import (
     compute_idf,
     load_idf,
     load_tokenizer,
+    query_frequency,
     save_idf,
 )
 
@@ -88,6 +89,25 @@ def test_idf_json_round_trip_and_trainable_flag(tokenizer, tmp_path):
     torch.testing.assert_close(load_idf(tmp_path / "idf.json", tokenizer), idf)
     assert not IdfQueryEncoder(idf, []).idf.requires_grad
     assert IdfQueryEncoder(idf, [], trainable=True).idf.requires_grad
+
+
+def test_query_frequency_is_the_share_of_queries_holding_each_term_and_predicts_flops(tokenizer):
+    """p_q(j) as the query encoder tokenises (repeats once, specials 0); with it, the expected multiply-adds per
+    query-document pair, sum_j p_q(j) p_d(j), is the FLOPS that src.retrieval.efficiency measures."""
+    queries = ["cancer cancer cells", "cancer risk", "heart disease", "cells"]
+    freq = query_frequency(queries, tokenizer, max_length=64, batch_size=3)  # batches of 3 and 1
+    cancer, cells, heart = tokenizer.convert_tokens_to_ids(["cancer", "cells", "heart"])
+    assert (freq[cancer].item(), freq[cells].item(), freq[heart].item()) == (0.5, 0.5, 0.25)
+    assert freq[tokenizer.all_special_ids].sum().item() == 0
+    docs = torch.zeros(3, len(tokenizer))  # (D, V): document weights on some of the terms
+    docs[0, cancer], docs[1, [cancer, heart]], docs[2, cells] = 1.0, 2.0, 0.5
+    idf = torch.ones(len(tokenizer))
+    batch = tokenizer(queries, padding=True, return_tensors="pt")
+    q = IdfQueryEncoder(idf, tokenizer.all_special_ids)(batch["input_ids"], batch["attention_mask"])  # (Q, V)
+    from src.retrieval import _to_csr, efficiency
+
+    measured = efficiency(_to_csr(q), _to_csr(docs))["flops"]
+    assert measured == pytest.approx(float(freq @ (docs != 0).float().mean(0)))
 
 
 def test_empty_corpus_idf_is_an_error(tokenizer):

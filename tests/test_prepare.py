@@ -37,6 +37,9 @@ def test_minmax_normalisation_and_averaging_on_known_numbers():
     weighted = combine({"splade": splade, "bm25": bm25, "flat": flat}, weights={"splade": 3.0, "bm25": 1.0})
     assert torch.allclose(weighted, torch.tensor([[11 / 15, 0.4], [0.4, 1 / 15]]))
     assert torch.equal(combine({"splade": splade}, normalize="none"), splade)
+    # per query: each row's own min and max (a flat row carries no signal)
+    per_query = combine({"splade": splade, "flat": flat}, normalize="query")
+    assert torch.allclose(per_query, torch.tensor([[1.0, 0.0], [1.0, 0.0]]) / 2)
     with pytest.raises(ValueError, match="normalize must be one of"):
         combine({"splade": splade}, normalize="zscore")
 

@@ -24,8 +24,10 @@ def write_run(
     seed: int = 42,
     reason: str | None = None,
     metrics: str | None = None,
+    dev: dict | None = None,
 ) -> Path:
-    """A results.json as src/train.py writes it (evals: dataset -> (ndcg@10, flops, doc_len))."""
+    """A results.json as src/train.py writes it (evals: dataset -> (ndcg@10, flops, doc_len); dev: dataset ->
+    ndcg@10 on the dev split)."""
     evals = {"scifact": (0.6, 1.0, 90.0), "nfcorpus": (0.3, 0.5, 100.0)} if evals is None else evals
     results = {
         "status": status,
@@ -49,6 +51,7 @@ def write_run(
             name: {"ndcg@10": n, "recall@100": 0.9, "mrr@10": 0.5, "flops": f, "doc_len": d, "q_len": 8.0}
             for name, (n, f, d) in evals.items()
         },
+        **({"dev": {name: {"ndcg@10": n} for name, n in dev.items()}} if dev else {}),
     }
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(results))
@@ -58,12 +61,19 @@ def write_run(
     return folder
 
 
-def write_reference(folder: Path, mode: str = "inference_free", evals: dict | None = None) -> Path:
+def write_reference(
+    folder: Path, mode: str = "inference_free", evals: dict | None = None, prune_ratio: float | None = 0.0
+) -> Path:
     """A results.json as src/evaluate.py writes it; BM25 has no FLOPS / Doc_Len."""
     evals = {"scifact": (0.66, 2.1, 285.2), "nfcorpus": (0.31, 0.58, 296.6)} if evals is None else evals
     none = mode == "bm25"
     results = {
-        "config": {"model": None if none else "splade-tiny", "mode": mode, "activation": None if none else "log1"},
+        "config": {
+            "model": None if none else "splade-tiny",
+            "mode": mode,
+            "activation": None if none else "log1",
+            "prune_ratio": None if none else prune_ratio,
+        },
         "eval": {
             name: {"ndcg@10": n, "flops": None if none else f, "doc_len": None if none else d, "q_len": None}
             for name, (n, f, d) in evals.items()
@@ -78,7 +88,14 @@ def write_reference(folder: Path, mode: str = "inference_free", evals: dict | No
 def sweep(tmp_path) -> Path:
     runs = tmp_path / "runs"
     write_run(runs / "a", "log2", 100, 0.4)
-    write_run(runs / "b", "log1", None, 4, evals={"scifact": (0.5, 0.2, 20.0), "nfcorpus": (0.2, 0.1, 30.0)})
+    write_run(
+        runs / "b",
+        "log1",
+        None,
+        4,
+        evals={"scifact": (0.5, 0.2, 20.0), "nfcorpus": (0.2, 0.1, 30.0)},
+        dev={"scifact": 0.55, "nfcorpus": 0.25},
+    )
     write_run(runs / "c", "log1", None, 0)
     write_run(runs / "d", "log1", 50, 0.4)
     write_run(runs / "e", "log1", 200, 0.4)
@@ -89,8 +106,16 @@ def sweep(tmp_path) -> Path:
     return tmp_path
 
 
-def table_rows(table: str) -> list[list[str]]:
-    return [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("| ")]
+def table_rows(table: str, which: int = 0) -> list[list[str]]:
+    """The rows of the `which`-th markdown table in the text, without its |---| line."""
+    blocks, block = [], []
+    for line in [*table.splitlines(), ""]:
+        if line.startswith("| "):
+            block.append([c.strip() for c in line.strip("|").split("|")])
+        elif not line.startswith("|") and block:
+            blocks.append(block)
+            block = []
+    return blocks[which]
 
 
 def test_names_means_and_metrics(sweep):
@@ -124,7 +149,17 @@ def test_table_references_first_then_sorted_runs_with_status(sweep):
     table = report.format_table(rows, datasets, command="python -m src.report --runs x", date="2026-11-26")
     assert "Made with `python -m src.report --runs x` on 2026-11-26." in table
     body = table_rows(table)
-    assert body[0] == ["model", "nfcorpus", "scifact", "mean NDCG@10", "FLOPS", "Doc_Len", "status", "train s"]
+    assert body[0] == [
+        "model",
+        "nfcorpus",
+        "scifact",
+        "mean NDCG@10",
+        "dev mean",
+        "FLOPS",
+        "Doc_Len",
+        "status",
+        "train s",
+    ]
     assert [r[0] for r in body[1:]] == [
         "BM25",
         "splade-tiny",
@@ -137,12 +172,36 @@ def test_table_references_first_then_sorted_runs_with_status(sweep):
         "log2, l0 mask t=100, λd=0.4",
     ]
     by_name = {r[0]: r[1:] for r in body[1:]}
-    assert by_name["BM25"] == ["0.3178", "0.6772", "0.4975", "-", "-", "reference", "-"]
-    assert by_name["log1, FLOPS λd=4"] == ["0.2000", "0.5000", "0.3500", "0.150", "25.0", "finished", "390"]
+    assert by_name["BM25"] == ["0.3178", "0.6772", "0.4975", "-", "-", "-", "reference", "-"]
+    assert by_name["log1, FLOPS λd=4"] == ["0.2000", "0.5000", "0.3500", "0.4000", "0.150", "25.0", "finished", "390"]
     assert by_name["log1, FLOPS λd=40"][-2] == "collapsed"
-    assert by_name["log2, FLOPS λd=40"] == ["-", "-", "-", "-", "-", "diverged", "390"]
+    assert by_name["log2, FLOPS λd=40"] == ["-", "-", "-", "-", "-", "-", "diverged", "390"]
     assert "- log1, FLOPS λd=40: collapsed (train/doc_len < 1.0 for 20 steps)." in table
     assert "- log2, FLOPS λd=40: diverged (NaN loss at step 12)." in table
+
+
+def test_flops_each_activation_needs_for_equal_ndcg(tmp_path):
+    """Activations compared at equal NDCG@10: each one's finished runs as a curve in FLOPS order, interpolated."""
+    for name, act, flops, ndcg in [
+        ("a", "log1", 0.2, 0.40),
+        ("b", "log1", 0.6, 0.48),
+        ("c", "log1", 1.0, 0.50),
+        ("d", "log2", 0.3, 0.46),
+        ("e", "log2", 0.5, 0.50),
+    ]:
+        write_run(tmp_path / "runs" / name, act, 100, flops, evals={"scifact": (ndcg, flops, 50.0)})
+    write_run(tmp_path / "runs" / "x", "log2", None, 40, status="collapsed", evals={"scifact": (0.1, 0.01, 1.0)})
+    rows = report.load_runs([tmp_path / "runs"])
+    assert report.flops_needed(rows, ["scifact"], "log1", 0.44) == pytest.approx(0.4)  # halfway from a to b
+    assert report.flops_needed(rows, ["scifact"], "log2", 0.48) == pytest.approx(0.4)
+    assert report.flops_needed(rows, ["scifact"], "log2", 0.40) == pytest.approx(0.3)  # its first point already
+    assert report.flops_needed(rows, ["scifact"], "log1", 0.51) is None
+    write_reference(tmp_path / "ref", evals={"scifact": (0.48, 2.0, 290.0)})
+    table = report.format_table([report.load_reference("splade-tiny", tmp_path / "ref"), *rows], ["scifact"])
+    assert table_rows(table, 1) == [
+        ["mean NDCG@10 of", "level", "log1", "log2"],
+        ["splade-tiny", "0.4800", "0.600", "0.400"],
+    ]
 
 
 def test_incomplete_mean_is_marked_and_same_names_disambiguated(tmp_path):
@@ -216,6 +275,18 @@ def test_frontier_markers_scale_and_references(sweep):
     write_run(sweep / "runs" / "sparse", "log2", 10, 4, evals={"scifact": (0.1, 0.001, 2.0)})
     fig = report.frontier_figure(report.load_runs([sweep / "runs"]), ["scifact", "nfcorpus"])
     assert fig.axes[0].get_xscale() == "log"
+    # splade-tiny pruned post hoc at two more ratios: one dotted curve through all three, not three stars
+    write_reference(
+        sweep / "tiny-0.2", evals={"scifact": (0.65, 1.5, 200.0), "nfcorpus": (0.3, 0.4, 210.0)}, prune_ratio=0.2
+    )
+    write_reference(
+        sweep / "tiny-0.4", evals={"scifact": (0.64, 0.9, 100.0), "nfcorpus": (0.29, 0.2, 110.0)}, prune_ratio=0.4
+    )
+    pruned = [report.load_reference(f"pruned {x}", sweep / x) for x in ("tiny", "tiny-0.2", "tiny-0.4")]
+    ax = report.frontier_figure([*pruned, rows[0], *rows[2:]], ["scifact", "nfcorpus"]).axes[0]
+    curve = [line for line in ax.lines if line.get_marker() == "s"]
+    assert len(curve) == 1 and list(curve[0].get_xdata()) == pytest.approx([0.55, 0.95, 1.34])
+    assert not any(line.get_marker() == "*" for line in ax.lines)
 
 
 def test_training_curves_read_metrics_with_empty_cells(tmp_path):

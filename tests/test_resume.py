@@ -180,8 +180,8 @@ def _guarded_run(tmp_path: Path, data_dir: Path, cache_dir: Path, *overrides: st
 def test_collapse_guard_stops_a_run_forced_to_collapse(tmp_path, data_dir, cache_dir):
     """Plain FLOPS (no mask) at a huge lambda from the first step empties the documents."""
     results = _guarded_run(
-        tmp_path, data_dir, cache_dir, "mask.t=null", "reg.lambda_d=1000", "reg.schedule=constant", "optim.lr=0.01",
-        "guard.doc_len_floor=1.0", "guard.patience=2",
+        tmp_path, data_dir, cache_dir, "mask.t=null", "reg.term_weights=null", "reg.lambda_d=1000",
+        "reg.schedule=constant", "optim.lr=0.01", "guard.doc_len_floor=1.0", "guard.patience=2",
     )  # fmt: skip
     assert results["status"] == "collapsed" and "train/doc_len stayed below 1.0" in results["reason"]
     assert results["train"]["steps"] < 8 and results["train"]["doc_len"] < 1.0

@@ -5,7 +5,8 @@ scores are keyed on disk (default: the kind, or the model id). Kinds:
 
 - `splade`: Siamese SPLADE, queries and documents through one MLM encoder (default: splade-tiny);
 - `bm25`: Lucene BM25 with the statistics of the source's corpus;
-- `cross_encoder`, `bi_encoder`: any Hugging Face model id or folder (where a hub or the files are at hand).
+- `cross_encoder`, `bi_encoder`: any Hugging Face model id or folder (where a hub or the files are at hand);
+- `labels`: the judgements: 1 for the judged positive (slot 0), 0 for the negatives (never judged for the query).
 """
 
 from collections.abc import Callable, Sequence
@@ -16,6 +17,10 @@ import torch
 
 
 class Teacher(Protocol):
+    """Teachers may also have `precompute(docs)` (called with every document of a source before it is scored) and
+    `score_corpus(queries) -> (Q, D)`: scores against every document of the corpus they were built with, in its
+    order (such teachers can mine negatives: `src.data.mining.ensemble_ranker`)."""
+
     def score(self, queries: list[str], docs: list[list[str]]) -> torch.Tensor:
         """queries: N texts; docs: N lists of G texts. Returns raw scores, (N, G) float32."""
         ...
@@ -66,14 +71,35 @@ def _cross_encoder(spec: TeacherSpec, corpus: Sequence[str]) -> Teacher:
 def _bi_encoder(spec: TeacherSpec, corpus: Sequence[str]) -> Teacher:
     from src.teachers.hf import BiEncoderTeacher
 
-    return BiEncoderTeacher(spec.model, **spec.options)
+    return BiEncoderTeacher(spec.model, corpus=corpus, **spec.options)
 
 
-KINDS = {"splade": _splade, "bm25": _bm25, "cross_encoder": _cross_encoder, "bi_encoder": _bi_encoder}
-CORPUS_DEPENDENT = {"bm25"}  # their scores change with the source's corpus statistics
+def _labels(spec: TeacherSpec, corpus: Sequence[str]) -> Teacher:
+    return LabelsTeacher()
 
 
-NORMALISATIONS = ("minmax", "none")
+class LabelsTeacher:
+    """The labels as a teacher: every source puts its judged positive in slot 0 and unjudged negatives after it."""
+
+    def score(self, queries: list[str], docs: list[list[str]]) -> torch.Tensor:
+        scores = torch.zeros(len(docs), len(docs[0]))  # (N, G)
+        scores[:, 0] = 1.0
+        return scores
+
+
+KINDS = {
+    "splade": _splade,
+    "bm25": _bm25,
+    "cross_encoder": _cross_encoder,
+    "bi_encoder": _bi_encoder,
+    "labels": _labels,
+}
+# Built once per source: corpus statistics (bm25), or each document embedded once, in one order (bi_encoder's
+# `precompute`), so a score never depends on which other documents shared its batch.
+PER_SOURCE = {"bm25", "bi_encoder"}
+
+
+NORMALISATIONS = ("minmax", "query", "none")
 
 
 def combine(
@@ -82,10 +108,11 @@ def combine(
     weights: dict[str, float] | None = None,
     reduce_range: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
-    """One target from several teachers' (N, G) scores of a batch: each teacher min-max normalised over
-    the whole batch (so teachers on different scales weigh alike), then the weighted mean.
+    """One target from several teachers' (N, G) scores of a batch: each teacher min-max normalised (so teachers
+    on different scales weigh alike), then the weighted mean. `normalize`: "minmax" over the whole batch, "query"
+    over each query's G documents, "none" keeps the raw scores.
 
-    A teacher whose scores are all equal in the batch carries no ranking signal: it normalises to 0.
+    A teacher whose scores are all equal in the batch (the query) carries no ranking signal: it normalises to 0.
     weights: teacher -> weight (default 1 each); they are divided by their sum.
     reduce_range: maps the teachers' (T,) minima and (T,) maxima over these scores to those over a larger batch
     (under data parallelism, the global batch of all ranks: `src.distributed.global_range`); they come in sorted
@@ -107,6 +134,9 @@ def combine(
         if normalize == "minmax":
             low, high = ranges[name]
             # torch.where, not `if high > low`: no wait for the device (0/0 in a flat teacher's branch is dropped).
+            s = torch.where(high > low, (s - low) / (high - low), 0.0)
+        elif normalize == "query":
+            low, high = s.amin(1, keepdim=True), s.amax(1, keepdim=True)  # (N, 1) each
             s = torch.where(high > low, (s - low) / (high - low), 0.0)
         term = s * (weights.get(name, 1.0) / total)
         target = term if target is None else target + term

@@ -24,3 +24,12 @@ class BM25Teacher:
             except KeyError:
                 raise ValueError("BM25 teacher: a group document is not in the corpus it was built on") from None
         return torch.from_numpy(scores)
+
+    def score_corpus(self, queries: list[str]) -> torch.Tensor:
+        """(Q, D) scores against every document of the corpus it was built on, in that order."""
+        scores = np.zeros((len(queries), self.index.scores["num_docs"]), dtype=np.float32)  # (Q, D)
+        for i, terms in enumerate(bm25.analyze(queries, self.settings)):
+            known = [t for t in terms if t in self.index.vocab_dict]
+            if known:
+                scores[i] = self.index.get_scores(known)
+        return torch.from_numpy(scores)

@@ -5,11 +5,12 @@ Both tokenise everything up front, then run batches of similar lengths (little p
 scores back in order; padding is masked, so a score does not depend on the batch it ran in.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from huggingface_hub import is_offline_mode
+from tqdm.auto import tqdm
 from transformers import (
     AutoModel,
     AutoModelForSequenceClassification,
@@ -18,6 +19,8 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from src.encoders import resolve_model
 
 POOLINGS = ("cls", "mean")
 SIMILARITIES = ("dot", "cos")
@@ -34,8 +37,9 @@ def _load(
 ) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     if model is None:
         raise ValueError(f"a {kind} teacher needs `model` (a hub id or a local folder)")
+    source = resolve_model(model)  # a bundled copy of a known hub id, offline
     try:
-        return AutoTokenizer.from_pretrained(model), loader(model).eval()
+        return AutoTokenizer.from_pretrained(source), loader(source).eval()
     except OSError as err:  # transformers raises OSError for an unknown folder and for an unreachable hub alike
         hub = "HF_HUB_OFFLINE is set" if is_offline_mode() else "not reached"
         raise FileNotFoundError(
@@ -131,6 +135,7 @@ class BiEncoderTeacher:
         query_max_length: int = 64,
         batch_size: int = 32,
         device: str | None = None,
+        corpus: Sequence[str] | None = None,  # the source's documents: score_corpus ranks them all
     ):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
@@ -142,13 +147,18 @@ class BiEncoderTeacher:
         self.pooling, self.similarity = pooling, similarity
         self.query_prefix, self.doc_prefix = query_prefix, doc_prefix
         self.max_length, self.query_max_length, self.batch_size = max_length, query_max_length, batch_size
+        self._docs: dict[str, torch.Tensor] = {}  # document text -> its embedding (`precompute`)
+        self.corpus = list(corpus) if corpus is not None else None
 
     @torch.inference_mode()
-    def embed(self, texts: list[str], max_length: int) -> torch.Tensor:
+    def embed(self, texts: list[str], max_length: int, progress: bool = False) -> torch.Tensor:
         """(T, H) float32 on the CPU, unit length under cosine similarity."""
         rows = _rows(self.tokenizer(texts, truncation=True, max_length=max_length))
         order, parts = [], []
-        for indices, batch in _batches(self.tokenizer, rows, self.batch_size, self.device):
+        batches = _batches(self.tokenizer, rows, self.batch_size, self.device)
+        bar = tqdm(total=len(texts), desc="bi-encoder teacher", unit="doc", disable=not progress, mininterval=2)
+        for indices, batch in batches:
+            bar.update(len(indices))
             hidden = self.model(**batch).last_hidden_state.float()  # (B, L, H)
             if self.pooling == "cls":
                 pooled = hidden[:, 0]  # (B, H)
@@ -159,11 +169,33 @@ class BiEncoderTeacher:
                 pooled = F.normalize(pooled, dim=-1)
             order += indices
             parts.append(pooled.cpu())
+        bar.close()
         return torch.cat(parts)[torch.tensor(order).argsort()]  # back in the order of `texts`
+
+    def precompute(self, docs: list[str]) -> None:
+        """Embeds these documents once, in one fixed order, for `score` and `score_corpus` to look up.
+
+        Each document of a source then has one embedding whichever group asks for it: embedded per group batch,
+        its float rounding would depend on the batch (GEMM shapes; ~1e-7), and a resumed prepare could differ
+        from an uninterrupted one in a stored score's last digit."""
+        new = list(dict.fromkeys(t for t in docs if t not in self._docs))
+        if new:
+            vectors = self.embed([self.doc_prefix + t for t in new], self.max_length, progress=len(new) > 1000)
+            self._docs.update(zip(new, vectors, strict=True))
+
+    def _doc_vectors(self, docs: list[str]) -> torch.Tensor:
+        self.precompute(docs)  # a no-op for documents precomputed before
+        return torch.stack([self._docs[t] for t in docs])  # (D, H)
 
     def score(self, queries: list[str], docs: list[list[str]]) -> torch.Tensor:
         n, g = len(docs), len(docs[0])
         q = self.embed([self.query_prefix + t for t in queries], self.query_max_length)  # (N, H)
-        flat = [self.doc_prefix + t for group in docs for t in group]
-        d = self.embed(flat, self.max_length).view(n, g, -1)  # (N, G, H)
+        d = self._doc_vectors([t for group in docs for t in group]).view(n, g, -1)  # (N, G, H)
         return torch.einsum("nh,ngh->ng", q, d)  # (N, G)
+
+    def score_corpus(self, queries: list[str]) -> torch.Tensor:
+        """(Q, D) scores against every document of the corpus it was built with (for mining negatives)."""
+        if self.corpus is None:
+            raise ValueError("bi_encoder teacher: score_corpus needs the corpus it was built with")
+        q = self.embed([self.query_prefix + t for t in queries], self.query_max_length)  # (Q, H)
+        return q @ self._doc_vectors(self.corpus).T  # (Q, D)
