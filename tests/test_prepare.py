@@ -67,7 +67,8 @@ def test_minmax_over_a_larger_batch_through_reduce_range():
 
 @pytest.fixture(scope="module")
 def scifact_set(data_dir, tmp_path_factory) -> Path:
-    """96 scifact train queries through both default teachers, in shards of 32 groups."""
+    """The first 96 scifact train queries (95 groups: one has too few unjudged BM25 candidates for G = 8) through
+    both default teachers, in shards of 32 groups."""
     out = tmp_path_factory.mktemp("prepared") / "scifact"
     cfg = compose_prepare(
         "datasets=[scifact]", "max_queries=96", "shard_size=32", "batch_size=16", f"paths.output_dir={out}"
@@ -78,16 +79,16 @@ def scifact_set(data_dir, tmp_path_factory) -> Path:
 
 def test_teachers_rank_the_known_positive_first_on_scifact_train(scifact_set, capsys):
     groups = list(PreparedSet(scifact_set))
-    assert len(groups) == 96 and all(len(g.docs) == 2 for g in groups)
-    for teacher in ("splade-tiny", "bm25"):
-        first = sum(g.scores[teacher][0] > g.scores[teacher][1] for g in groups) / len(groups)
+    assert len(groups) == 95 and all(len(g.docs) == 8 for g in groups)
+    for teacher in ("bm25", "minilm"):
+        first = sum(max(g.scores[teacher][1:]) < g.scores[teacher][0] for g in groups) / len(groups)
         with capsys.disabled():
-            print(f"\n{teacher} ranks the judged positive first for {first:.1%} of 96 scifact train groups")
-        assert first > 0.75, f"{teacher} ranks the positive first for only {first:.0%}"
+            print(f"\n{teacher} ranks the judged positive first of 8 for {first:.1%} of 95 scifact train groups")
+        assert first > 0.5, f"{teacher} ranks the positive first for only {first:.0%}"
     manifest = json.loads((scifact_set / MANIFEST).read_text())
-    assert manifest["teachers"] == ["splade-tiny", "bm25"]
-    assert manifest["counts"]["scifact"]["groups"] == 96
-    assert [s["rows"] for s in manifest["shards"]] == [32, 32, 32]
+    assert manifest["teachers"] == ["bm25", "minilm"]
+    assert manifest["counts"]["scifact"]["groups"] == 95
+    assert [s["rows"] for s in manifest["shards"]] == [32, 32, 31]
     assert (scifact_set / "idf.json").is_file() and not (scifact_set / prepare_module.STATE).exists()
 
 
@@ -121,13 +122,13 @@ def test_killed_prepare_resumes_to_byte_identical_output(data_dir, scifact_set, 
     monkeypatch.setattr(prepare_module, "write_shard", real_write)
     monkeypatch.setattr(prepare_module, "_score_shard", count_scoring)
     prepare(cfg)
-    assert scored == [32], "the resumed run scored more than the missing shard"
+    assert scored == [31], "the resumed run scored more than the missing shard"
     names = sorted(p.name for p in scifact_set.iterdir())
     assert names == sorted(p.name for p in out.iterdir())
     for name in names:
         assert (out / name).read_bytes() == (scifact_set / name).read_bytes(), f"{name} differs after resuming"
     prepare(cfg)  # complete: nothing to do
-    assert scored == [32]
+    assert scored == [31]
 
 
 def test_prepared_folder_refuses_other_settings(data_dir, scifact_set):
@@ -220,7 +221,11 @@ def test_prepared_set_detects_edited_shards_and_bad_lines(scifact_set, tmp_path)
 
 def test_toy_msmarco_triples_scored_by_a_local_teacher(tmp_path):
     cfg = compose_prepare(
-        "datasets=[]", f"triples=[{TOY_TRIPLES}]", "teachers=[{kind: bm25, name: bm25}]", f"paths.output_dir={tmp_path}"
+        "datasets=[]",
+        f"triples=[{TOY_TRIPLES}]",
+        "teachers=[{kind: bm25, name: bm25}]",
+        "group_size=2",
+        f"paths.output_dir={tmp_path}",
     )
     out = prepare(cfg)
     groups = list(PreparedSet(out))
@@ -281,7 +286,7 @@ def test_dataloader_workers_serve_the_same_batches_as_the_main_process(scifact_s
         return list(data.train_dataloader())
 
     alone, workers = batches(0), batches(2)
-    assert len(alone) == len(workers) == 24
+    assert len(alone) == len(workers) == 23  # 95 groups, 4 a batch
     for a, b in zip(alone, workers, strict=True):
         assert a["teacher_names"] == b["teacher_names"]
         for key in ("query_ids", "doc_ids", "teacher_scores"):

@@ -360,6 +360,6 @@ def test_notebook_runs_on_real_results(real_runs, tmp_path, monkeypatch):
     outputs = {c.id: c.outputs for c in nb.cells if c.cell_type == "code"}
     assert "2 models from" in outputs["load"][0]["text"]
     table = outputs["table"][0]["data"]["text/markdown"]
-    assert "log1, l0 mask t=50, λd=0.04" in table and "log1, FLOPS λd=0.04" in table
+    assert "log1, l0 mask t=50, λd=0.1" in table and "log1, FLOPS λd=0.1" in table
     for cell in ("frontier", "curves"):
         assert any("image/png" in out.get("data", {}) for out in outputs[cell]), cell

@@ -64,7 +64,7 @@ def test_the_issue_sweep_files_exist():
 def test_sweep_file_is_a_wandb_sweep_whose_every_point_composes(path, tmp_path, data_dir):
     raw = yaml.safe_load(path.read_text())
     assert raw["command"][:5] == COMMAND  # W&B's agent passes key=value Hydra overrides to src.train
-    assert raw["metric"] == {"name": "val/scifact/ndcg@10", "goal": "maximize"}
+    assert raw["metric"] == {"name": "dev/scifact/ndcg@10", "goal": "maximize"}  # chosen on dev, never on test
     assert raw["name"] and raw["description"]
     sweep = load_sweep(path)  # parameters are real config keys, distributions supported
     points = build_points(sweep, tmp_path, count=4, seed=0)

@@ -124,6 +124,7 @@ def test_training_on_a_query_set_raises_ndcg_on_that_query_set(tmp_path, data_di
     cfg = compose_train(
         "debug=smoke",
         "experiment=no_reg",
+        "data.group_size=8",  # the default recipe's, not debug=smoke's
         "data.max_queries=64",  # the first 64 train queries: those eval.split=train eval.max_queries=64 scores
         "trainer.max_steps=96",  # 8 queries a step: 12 epochs
         "logger=csv",
