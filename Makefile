@@ -69,9 +69,9 @@ bench-retrieval: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/encode_train.py $(if $(QUICK),--quick) $(ARGS)
 
-# The protocol's table and frontier: trains every row of sweeps/<protocol>.yaml that has no results yet (a killed
-# run resumes), evaluates the reference rows (BM25; the teachers, alone and as the ensemble training distils; the
-# untrained student, as shipped and pruned post hoc, the baseline training must beat), then writes
+# The protocol's table and frontier: evaluates the reference rows (BM25; the teachers, alone and as the ensemble
+# training distils; the untrained student, as shipped and pruned post hoc, the baseline training must beat), trains
+# every row of sweeps/<protocol>.yaml that has no results yet (a killed run resumes), then writes
 # results/table.md, results/frontier.png and curves.png. PROTOCOL=paper runs the paper grid (hand it to a
 # cluster: ARGS="--launcher slurm").
 PROTOCOL ?= cpu-small
@@ -84,12 +84,12 @@ PRUNE_RATIOS = 0.2 0.4 0.6
 EVAL = $(PY) -m src.evaluate datasets=[$(REPORT_DATASETS)]
 reproduce-table: $(STAMP)
 	@test -f sweeps/$(subst -,_,$(PROTOCOL)).yaml || { echo "PROTOCOL=$(PROTOCOL): no sweeps/$(subst -,_,$(PROTOCOL)).yaml"; exit 2; }
-	$(PY) -m src.sweep sweeps/$(subst -,_,$(PROTOCOL)).yaml --out $(RESULTS)/runs $(ARGS)
 	$(EVAL) mode=bm25 paths.output_dir=$(REFS)/bm25
 	$(EVAL) mode=teachers 'teachers=[$(MINILM)]' paths.output_dir=$(REFS)/minilm
 	$(EVAL) mode=teachers paths.output_dir=$(REFS)/teachers
 	$(EVAL) paths.output_dir=$(REFS)/splade-tiny
 	for r in $(PRUNE_RATIOS); do $(EVAL) prune_ratio=$$r paths.output_dir=$(REFS)/splade-tiny-pruned-$$r || exit; done
+	$(PY) -m src.sweep sweeps/$(subst -,_,$(PROTOCOL)).yaml --out $(RESULTS)/runs $(ARGS)
 	$(PY) -m src.report --runs $(RESULTS)/runs/$(PROTOCOL) --out $(RESULTS) --layout $(PROTOCOL) \
 		--datasets $(REPORT_DATASETS) --command "make reproduce-table PROTOCOL=$(PROTOCOL)" \
 		--reference BM25=$(REFS)/bm25 \
