@@ -21,17 +21,29 @@ DATA_DIR := $(abspath ../shared/data/beir)
 endif
 export HF_HUB_OFFLINE TRANSFORMERS_OFFLINE WANDB_MODE DATA_DIR
 
-.PHONY: install train prepare sweep test lint format clean bench bench-retrieval reproduce-table
+.PHONY: install lock train prepare sweep test lint format clean bench bench-retrieval reproduce-table
 
 install: $(STAMP)
 
-# torch first and pinned: pip takes the CPU wheel from local disk (an unpinned torch pulls CUDA builds).
-$(STAMP): pyproject.toml
+# Exactly the lock (pinned torch: pip takes the CPU wheel from local disk), then this package without resolving
+# anything; pip-sync removes what the lock does not hold, so an old .venv ends up the same as a fresh one.
+$(STAMP): pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q $$(grep -E '^pip==' requirements-dev.lock)
+	$(PY) -m pip install -q --no-deps -r requirements-dev.lock
+	$(VENV)/bin/pip-sync -q requirements-dev.lock
+	$(PY) -m pip install -qq --no-deps --no-build-isolation -e .  # -qq: setuptools warns on every editable build
 	touch $(STAMP)
+
+# Re-resolve the locks from pyproject.toml's bounds (final releases only: see lock-constraints.txt), then install.
+# requirements.lock: the runtime; requirements-dev.lock: runtime + tests/benchmarks (what make install installs).
+LOCK = $(VENV)/bin/pip-compile -q --upgrade --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	-c lock-constraints.txt pyproject.toml
+lock:
+	@test -x $(VENV)/bin/pip-compile || { $(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q pip-tools; }
+	$(LOCK) --extra dev -o requirements-dev.lock
+	$(LOCK) -c requirements-dev.lock -o requirements.lock  # the runtime at the dev lock's versions
+	$(MAKE) install
 
 # Extra Hydra overrides: make train ARGS="activation=log2 mask.t=200"
 train: $(STAMP)
