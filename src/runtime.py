@@ -2,7 +2,9 @@
 
 import ctypes
 import ctypes.util
+import logging
 import sys
+import warnings
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _KEEP_BYTES = 2**31 - 1  # mallopt takes an int
@@ -23,3 +25,20 @@ def keep_freed_memory() -> bool:
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES) and libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
     except (OSError, AttributeError):
         return False
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_dependencies() -> None:
+    """Silences what dependencies print about themselves on every run, not about our calls (those we fix).
+
+    pytest does not see these filters (it resets them per test): pyproject.toml's filterwarnings repeats the first.
+    """
+    # Lightning 2.6's own pytree helper uses torch's LeafSpec, deprecated in torch 2.13; nothing we call can avoid it.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
+    # Lightning advertises its LitLogger / litmodels services at every Trainer start.
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropTips())

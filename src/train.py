@@ -25,6 +25,7 @@ from src.guards import TrainingGuard
 from src.io import atomic_write_json, atomic_write_text
 from src.module import SparseRetrieverModule
 from src.prepare import SETTINGS, prepare, prepared_key
+from src.progress import TrainingProgress
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def train(cfg: DictConfig) -> dict:
         logger=loggers,
         default_root_dir=str(output_dir),
         # The guard first: a diverged step is never checkpointed. The saver before the requeue: saved, then requeued.
-        callbacks=[guard, saver, SaveThenRequeue()],
+        callbacks=[guard, saver, SaveThenRequeue(), TrainingProgress()],
         plugins=[AtomicCheckpointIO()],
     )
     start = time.perf_counter()
