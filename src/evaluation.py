@@ -147,6 +147,9 @@ def evaluate_dataset(
         docs = prune(index.matrix, prune_ratio)
         results = search(queries, docs, query_ids, dataset.doc_ids, k=settings.top_k)
         eff = efficiency(queries, docs)
+    # A judged query without text (a defect of the data, warned by load_beir) retrieves nothing, whatever ties
+    # an all-zero query vector would return.
+    results = {q: (hits if dataset.queries[q].strip() else {}) for q, hits in results.items()}
     metrics = {
         **ranking_metrics(dataset.qrels, results),
         **eff,

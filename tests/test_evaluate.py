@@ -1,6 +1,7 @@
 """Standalone evaluation, export, the on-disk index and the query CLI, on real scifact data."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -189,3 +190,51 @@ def test_bm25_mode_needs_no_model(tmp_path, data_dir):
     results = evaluate(cfg)
     assert results["eval"]["scifact"]["ndcg@10"] == pytest.approx(0.665, abs=0.03)  # BEIR's published BM25
     assert results["config"]["model"] is None and results["eval"]["scifact"]["flops"] is None
+
+
+def test_beir_defects_are_kept_as_beir_scores_them_and_warned_once(data_dir, tmp_path, caplog):
+    """Qrels naming documents missing from the corpus (ArguAna's test qrels have 5) stay relevant and unretrievable;
+    a judged query without text retrieves nothing. The figures equal pytrec_eval's on the same run and qrels
+    (textless queries counted as 0, as `trec_eval -c` counts a judged query missing from the run)."""
+    import pytrec_eval
+
+    scifact = subsample(load_beir(data_dir, "scifact", "test"), 12, 200)
+    data = tmp_path / "beir" / "defects"
+    (data / "qrels").mkdir(parents=True)
+    docs = "".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n" for d, t in scifact.corpus.items())
+    (data / "corpus.jsonl").write_text(docs)
+    qids = list(scifact.queries)
+    textless, unlisted = qids[0], qids[1]  # "text": "" in queries.jsonl / no line in queries.jsonl at all
+    queries = {**scifact.queries, textless: ""}
+    del queries[unlisted]
+    (data / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    qrels = {q: dict(judged) for q, judged in scifact.qrels.items()}
+    for q in qids[2:5]:  # three relevant documents the corpus lacks
+        qrels[q][f"missing-{q}"] = 1
+    rows = [f"{q}\t{d}\t{grade}" for q, judged in qrels.items() for d, grade in judged.items()]
+    (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
+
+    cfg = compose_tool(
+        "evaluate", "datasets=[defects]", "cache=false", "max_length=128",
+        f"paths.output_dir={tmp_path / 'out'}", f"paths.data_dir={tmp_path / 'beir'}",
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        ours = evaluate(cfg)["eval"]["defects"]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("3 lines name doc ids not in corpus.jsonl" in m and "missing-" in m for m in warned) == 1, warned
+    assert sum("2 judged queries have no text" in m for m in warned) == 1, warned
+    assert ours["num_queries"] == 12
+
+    run: dict[str, dict[str, float]] = {}
+    for line in (tmp_path / "out" / "runs" / "defects.trec").read_text().splitlines():
+        qid, _, doc_id, _, score, _ = line.split()
+        run.setdefault(qid, {})[doc_id] = float(score)
+    assert textless not in run and unlisted not in run  # they retrieved nothing
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.100"}).evaluate(run)
+    for ours_key, theirs_key in (("ndcg@10", "ndcg_cut_10"), ("recall@100", "recall_100")):
+        theirs = sum(per_query[q][theirs_key] for q in per_query) / len(qrels)
+        assert ours[ours_key] == pytest.approx(theirs, abs=1e-5), ours_key
+    # the missing documents count: with them dropped from the qrels, Recall@100 would be higher
+    assert ours["recall@100"] < sum(
+        pytrec_eval.RelevanceEvaluator(scifact.qrels, {"recall.100"}).evaluate(run)[q]["recall_100"] for q in run
+    ) / len(qrels)

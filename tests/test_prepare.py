@@ -182,8 +182,8 @@ def test_unknown_qrels_ids_and_short_groups_are_counted_and_named(tmp_path, capl
     data_dir = _beir(tmp_path, DOCS, QUERIES, qrels)
     with caplog.at_level(logging.WARNING):
         out = _prepare_tiny(data_dir, tmp_path / "out", "group_size=5")
-    assert "train.tsv:3: query id 'q9' is not in queries.jsonl" in caplog.text
-    assert "train.tsv:4: doc id 'd77' is not in corpus.jsonl" in caplog.text
+    assert "train.tsv: 1 lines name query ids not in queries.jsonl (first: 'q9' (line 3)); lines skipped" in caplog.text
+    assert "train.tsv: 1 lines name doc ids not in corpus.jsonl (first: 'd77' (line 4)); lines skipped" in caplog.text
     counts = json.loads((out / MANIFEST).read_text())["counts"]["tiny"]
     # q1 has the 4 other documents as candidates (G-1 = 4); q2's query term "cells" is in every document too,
     # but d2 is judged, so q2 has 4 candidates as well; with group_size=6 both would be too short.

@@ -138,11 +138,16 @@ def load_qrels(
 ) -> dict[str, dict[str, int]]:
     """query id -> doc id -> grade; reads BEIR's header line and CRLF line endings.
 
-    Given `queries` and `corpus`, a line naming an unknown query or document is an error naming the
-    line, or, when a `skipped` dict is passed (training data, where dropping such pairs is the usual
-    practice), a logged warning counted under "qrels_unknown_query" / "qrels_unknown_doc".
+    Given `queries` and `corpus`, lines naming an unknown query or document (real BEIR sets have them: ArguAna's
+    test qrels name 5 documents its corpus lacks) are handled in one of two ways, each with one warning naming the
+    file, the count and the first ids:
+    - evaluation (no `skipped`): kept, as BEIR and pytrec_eval keep them: a relevant document that is never
+      retrieved still counts in Recall and the ideal DCG; a query without text retrieves nothing (`load_beir`).
+    - training data (a `skipped` dict): dropped, the usual practice (a pair without its text teaches nothing),
+      counted under "qrels_unknown_query" / "qrels_unknown_doc".
     """
     qrels: dict[str, dict[str, int]] = {}
+    unknown: dict[str, list[str]] = {"qrels_unknown_query": [], "qrels_unknown_doc": []}
     with open(path, encoding="utf-8", errors="surrogateescape", newline=None) as f:
         for line_no, line in enumerate(f, start=1):
             _check_utf8(line, f"{path}:{line_no}")
@@ -160,17 +165,22 @@ def load_qrels(
             qid, doc_id = parts[0], parts[1]
             problem = None
             if queries is not None and qid not in queries:
-                problem, message = "qrels_unknown_query", f"query id {qid!r} is not in queries.jsonl"
+                problem = "qrels_unknown_query"
+                unknown[problem].append(f"{qid!r} (line {line_no})")
             elif corpus is not None and doc_id not in corpus:
-                problem, message = "qrels_unknown_doc", f"doc id {doc_id!r} is not in corpus.jsonl"
-            if problem:
-                if skipped is None:
-                    raise DataError(f"{path}:{line_no}: {message}")
+                problem = "qrels_unknown_doc"
+                unknown[problem].append(f"{doc_id!r} (line {line_no})")
+            if problem and skipped is not None:
                 skipped[problem] = skipped.get(problem, 0) + 1
-                if skipped[problem] <= 5:
-                    log.warning("%s:%d: %s; line skipped", path, line_no, message)
                 continue
             qrels.setdefault(qid, {})[doc_id] = grade
+    for problem, ids in unknown.items():
+        if ids:
+            what = (
+                "query ids not in queries.jsonl" if problem == "qrels_unknown_query" else "doc ids not in corpus.jsonl"
+            )
+            effect = "lines skipped" if skipped is not None else "kept as judged, never retrieved (as BEIR scores them)"
+            log.warning("%s: %d lines name %s (first: %s); %s", path, len(ids), what, ", ".join(ids[:5]), effect)
     return qrels
 
 
@@ -225,7 +235,13 @@ def load_beir(
             "%s has no qrels/dev.tsv: split %r is %d of its train queries (dev: %.0f%%, seed %d)",
             name, split, len(qrels), 100 * DEV_FRACTION, DEV_SEED,
         )  # fmt: skip
-    return BeirDataset(name, corpus, {q: queries[q] for q in qrels}, qrels, split)
+    textless = [q for q in qrels if not queries.get(q, "").strip()]
+    if textless:  # pytrec_eval would score them 0 too: judged, with an empty run
+        log.warning(
+            "%s: %d judged queries have no text in %s (first: %s); kept, they retrieve nothing and score 0",
+            qrels_path, len(textless), path / "queries.jsonl", ", ".join(textless[:5]),
+        )  # fmt: skip
+    return BeirDataset(name, corpus, {q: queries.get(q, "") for q in qrels}, qrels, split)
 
 
 def subsample(dataset: BeirDataset, max_queries: int | None, max_docs: int | None) -> BeirDataset:
