@@ -13,6 +13,9 @@ Activation = Callable[[torch.Tensor], torch.Tensor]
 
 ACTIVATIONS: dict[str, Activation] = {}
 MAX_LOG_APPLICATIONS = 4
+# How many log1p follow the relu in the relu/logN family, for formats that rebuild the activation from those two
+# steps (sentence-transformers' SpladePooling); a registered activation absent here has no such form.
+LOG1P_COUNTS: dict[str, int] = {"relu": 0}
 
 
 def register(name: str) -> Callable[[Activation], Activation]:
@@ -41,6 +44,7 @@ def _log_n(n: int) -> Activation:
 register("relu")(torch.relu)
 for _n in range(1, MAX_LOG_APPLICATIONS + 1):
     register(f"log{_n}")(_log_n(_n))
+    LOG1P_COUNTS[f"log{_n}"] = _n
 
 
 def get_activation(name: str) -> Activation:

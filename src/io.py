@@ -2,7 +2,11 @@
 
 import json
 import os
+import shutil
 import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,3 +36,47 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def is_nonempty_dir(path: Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and any(path.iterdir())
+
+
+@contextmanager
+def atomic_dir(path: Path, replace: bool = False) -> Iterator[Path]:
+    """Yields a fresh hidden sibling folder to fill; when the block succeeds it is renamed to path, so a reader
+    sees the old folder or the complete new one, never half of one (a failed block leaves path as it was).
+
+    An empty folder at path (e.g. one Hydra made for its run) is taken over; a non-empty one only with
+    replace=True, else FileExistsError before anything is written.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a folder")
+    if is_nonempty_dir(path) and not replace:
+        raise FileExistsError(f"{path} exists and is not empty")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; give the mode a plain mkdir would
+        old = None
+        if is_nonempty_dir(path):  # checked again: the block may have run for a while
+            if not replace:
+                raise FileExistsError(f"{path} was filled by someone else meanwhile")
+            old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
+            path.rename(old)
+        elif path.is_dir():
+            path.rmdir()
+        try:
+            tmp.rename(path)
+        except BaseException:
+            if old is not None:
+                old.rename(path)  # put the previous folder back
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
