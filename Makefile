@@ -21,7 +21,7 @@ DATA_DIR := $(abspath ../shared/data/beir)
 endif
 export HF_HUB_OFFLINE TRANSFORMERS_OFFLINE WANDB_MODE DATA_DIR
 
-.PHONY: install lock train prepare sweep test lint format clean bench bench-retrieval reproduce-table
+.PHONY: install lock train prepare sweep test test-slow lint format clean bench bench-retrieval reproduce-table
 
 install: $(STAMP)
 
@@ -60,6 +60,10 @@ prepare: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+# The multi-process end-to-end runs left out of `make test` to keep it near 10 minutes (~4 min more; CI runs both)
+test-slow: $(STAMP)
+	$(PY) -m pytest -ra -m slow $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks notebooks

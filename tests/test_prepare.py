@@ -67,11 +67,11 @@ def test_minmax_over_a_larger_batch_through_reduce_range():
 
 @pytest.fixture(scope="module")
 def scifact_set(data_dir, tmp_path_factory) -> Path:
-    """The first 96 scifact train queries (95 groups: one has too few unjudged BM25 candidates for G = 8) through
-    both default teachers, in shards of 32 groups."""
+    """The first 48 scifact train queries (47 groups: one has too few unjudged BM25 candidates for G = 8) through
+    both default teachers, in shards of 16 groups."""
     out = tmp_path_factory.mktemp("prepared") / "scifact"
     cfg = compose_prepare(
-        "datasets=[scifact]", "max_queries=96", "shard_size=32", "batch_size=16", f"paths.output_dir={out}"
+        "datasets=[scifact]", "max_queries=48", "shard_size=16", "batch_size=8", f"paths.output_dir={out}"
     )
     cfg.paths.data_dir = str(data_dir)
     return prepare(cfg)
@@ -79,23 +79,23 @@ def scifact_set(data_dir, tmp_path_factory) -> Path:
 
 def test_teachers_rank_the_known_positive_first_on_scifact_train(scifact_set, capsys):
     groups = list(PreparedSet(scifact_set))
-    assert len(groups) == 95 and all(len(g.docs) == 8 for g in groups)
+    assert len(groups) == 47 and all(len(g.docs) == 8 for g in groups)
     for teacher in ("bm25", "minilm"):
         first = sum(max(g.scores[teacher][1:]) < g.scores[teacher][0] for g in groups) / len(groups)
         with capsys.disabled():
-            print(f"\n{teacher} ranks the judged positive first of 8 for {first:.1%} of 95 scifact train groups")
+            print(f"\n{teacher} ranks the judged positive first of 8 for {first:.1%} of 47 scifact train groups")
         assert first > 0.5, f"{teacher} ranks the positive first for only {first:.0%}"
     manifest = json.loads((scifact_set / MANIFEST).read_text())
     assert manifest["teachers"] == ["bm25", "minilm"]
-    assert manifest["counts"]["scifact"]["groups"] == 95
-    assert [s["rows"] for s in manifest["shards"]] == [32, 32, 31]
+    assert manifest["counts"]["scifact"]["groups"] == 47
+    assert [s["rows"] for s in manifest["shards"]] == [16, 16, 15]
     assert (scifact_set / "idf.json").is_file() and not (scifact_set / prepare_module.STATE).exists()
 
 
 def test_killed_prepare_resumes_to_byte_identical_output(data_dir, scifact_set, tmp_path, monkeypatch):
     out = tmp_path / "resumed"
     cfg = compose_prepare(
-        "datasets=[scifact]", "max_queries=96", "shard_size=32", "batch_size=16", f"paths.output_dir={out}"
+        "datasets=[scifact]", "max_queries=48", "shard_size=16", "batch_size=8", f"paths.output_dir={out}"
     )
     cfg.paths.data_dir = str(data_dir)
     written = []
@@ -122,17 +122,17 @@ def test_killed_prepare_resumes_to_byte_identical_output(data_dir, scifact_set, 
     monkeypatch.setattr(prepare_module, "write_shard", real_write)
     monkeypatch.setattr(prepare_module, "_score_shard", count_scoring)
     prepare(cfg)
-    assert scored == [31], "the resumed run scored more than the missing shard"
+    assert scored == [15], "the resumed run scored more than the missing shard"
     names = sorted(p.name for p in scifact_set.iterdir())
     assert names == sorted(p.name for p in out.iterdir())
     for name in names:
         assert (out / name).read_bytes() == (scifact_set / name).read_bytes(), f"{name} differs after resuming"
     prepare(cfg)  # complete: nothing to do
-    assert scored == [31]
+    assert scored == [15]
 
 
 def test_prepared_folder_refuses_other_settings(data_dir, scifact_set):
-    cfg = compose_prepare("datasets=[scifact]", "max_queries=95", f"paths.output_dir={scifact_set}")
+    cfg = compose_prepare("datasets=[scifact]", "max_queries=47", f"paths.output_dir={scifact_set}")
     cfg.paths.data_dir = str(data_dir)
     with pytest.raises(ConfigError, match="paths.output_dir: .* other settings"):
         prepare(cfg)
@@ -286,7 +286,7 @@ def test_dataloader_workers_serve_the_same_batches_as_the_main_process(scifact_s
         return list(data.train_dataloader())
 
     alone, workers = batches(0), batches(2)
-    assert len(alone) == len(workers) == 23  # 95 groups, 4 a batch
+    assert len(alone) == len(workers) == 11  # 47 groups, 4 a batch (the last, partial one dropped)
     for a, b in zip(alone, workers, strict=True):
         assert a["teacher_names"] == b["teacher_names"]
         for key in ("query_ids", "doc_ids", "teacher_scores"):

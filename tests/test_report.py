@@ -337,7 +337,6 @@ def real_runs(tmp_path_factory, data_dir, cache_dir) -> Path:
     return runs
 
 
-@pytest.mark.slow
 def test_notebook_runs_on_real_results(real_runs, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

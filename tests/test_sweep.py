@@ -293,7 +293,6 @@ def _assert_both_finished(out: Path) -> None:
         assert results["config"]["mask_t"] == int(name.split("=")[1])
 
 
-@pytest.mark.slow
 def test_real_two_point_sweep_runs_then_skips(tiny_sweep, tmp_path, capsys):
     out = tmp_path / "out"
     assert main([str(tiny_sweep), "--out", str(out)]) == 0

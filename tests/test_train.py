@@ -6,8 +6,6 @@ import math
 import subprocess
 import sys
 
-import pytest
-
 from src import prepare as prepare_module
 from src.evaluate import evaluate
 from src.train import prepared_set, train
@@ -47,7 +45,6 @@ def test_few_steps_in_process_stay_finite_and_sparse(tmp_path, data_dir, cache_d
     assert (tmp_path / "model" / "idf.json").is_file() and (tmp_path / "model" / "config.json").is_file()
 
 
-@pytest.mark.slow
 def test_cli_smoke_run_writes_results(tmp_path, cli_env):
     """The issue's command, as a user types it (W&B offline), end to end."""
     env = cli_env
@@ -112,21 +109,21 @@ def test_bf16_run_on_a_prepared_set_without_recomputing_it(tmp_path, data_dir, c
     assert len(losses) == 3 and all(math.isfinite(x) and x > 0 for x in losses)
 
 
-@pytest.mark.slow
 def test_training_on_a_query_set_raises_ndcg_on_that_query_set(tmp_path, data_dir, cache_dir):
     """The sanity check that failed before the student's scale was fitted (README, "Why training lost NDCG"): 64
-    scifact train queries, 12 epochs of them with the default recipe and no regulariser. NDCG@10 on those same
-    queries, over 1,000 documents, must rise well above the untrained model's with the same query IDF. Measured:
-    untrained 0.7400, trained 0.8002; with the student's scale fixed at 1 (experiment=no_reg_fixed_scale) 0.7713,
-    which fails."""
+    scifact train queries, 12 epochs of them with the default recipe and no regulariser, documents cut at 128
+    tokens (half the default: twice as fast). NDCG@10 on those same queries, over 1,000 documents, must rise well
+    above the untrained model's with the same query IDF. Measured: untrained 0.6812, trained 0.7950; with the
+    student's scale fixed at 1 (experiment=no_reg_fixed_scale) 0.7617, which fails."""
     where = [f"paths.data_dir={data_dir}", f"paths.cache_dir={cache_dir}"]
-    queries = ["eval.split=train", "eval.max_queries=64", "eval.max_docs=1000", "eval.max_length=256"]
+    queries = ["eval.split=train", "eval.max_queries=64", "eval.max_docs=1000", "eval.max_length=128"]
     cfg = compose_train(
         "debug=smoke",
         "experiment=no_reg",
         "data.group_size=8",  # the default recipe's, not debug=smoke's
         "data.max_queries=64",  # the first 64 train queries: those eval.split=train eval.max_queries=64 scores
         "trainer.max_steps=96",  # 8 queries a step: 12 epochs
+        "model.max_length=128",
         "logger=csv",
         f"paths.output_dir={tmp_path / 'trained'}",
         *queries,
@@ -144,4 +141,4 @@ def test_training_on_a_query_set_raises_ndcg_on_that_query_set(tmp_path, data_di
         )
     )["eval"]["scifact"]["ndcg@10"]
     print(f"NDCG@10 on the 64 trained-on queries: untrained {untrained:.4f}, trained {trained:.4f}")
-    assert trained >= untrained + 0.05
+    assert trained >= untrained + 0.1
