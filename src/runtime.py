@@ -3,11 +3,31 @@
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
 import warnings
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _KEEP_BYTES = 2**31 - 1  # mallopt takes an int
+
+
+# What our processes run with unless the environment says otherwise. OMP_WAIT_POLICY=PASSIVE: at the end of each
+# parallel region a thread that is done sleeps instead of spinning (libgomp's default spins for a while). On a CPU
+# shared with another busy process the spinning burns the time slice its straggling peer needs: measured on 2
+# cores beside a 2-thread torch matmul loop, encoding kept 26% of its idle docs/s spinning, 54% passive; a
+# training step 24-34% and 58-63%; idle, passive costs 10-16% (BENCHMARKS.md, "A shared CPU").
+THREAD_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+APPLIED: dict[str, str] = {}  # those set_thread_defaults put into os.environ (the environment had not set them)
+
+
+def set_thread_defaults() -> bool:
+    """Applies THREAD_DEFAULTS where the environment does not set them; OpenMP reads them once, when torch loads,
+    so this works only before the first `import torch` (`import src` does it first in every entry point).
+    Returns False when torch was already imported (then the defaults apply to child processes only)."""
+    for name, value in THREAD_DEFAULTS.items():
+        if name not in os.environ:
+            os.environ[name] = APPLIED[name] = value
+    return "torch" not in sys.modules
 
 
 def keep_freed_memory() -> bool:
