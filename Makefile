@@ -81,9 +81,10 @@ bench-retrieval: $(STAMP)
 
 # Encoding (documents/s, peak memory) and training steps (seconds, peak memory): ours vs the straightforward HF
 # head vs sentence-transformers on scifact, with the machine's GEMM bound and NDCG@10 under bf16. Writes
-# benchmarks/results.json and prints a table (~12 min; QUICK=1: under 5). More flags: make bench ARGS="--device cuda"
+# benchmarks/results.json and prints a table (~12 min; QUICK=1: under 5). LOAD=1: ours, HF and ST measured again beside
+# a competing 2-thread torch process (the figures *_loaded, kept_under_load; about twice as long). More flags: make bench ARGS="--device cuda"
 bench: $(STAMP)
-	$(PY) benchmarks/encode_train.py $(if $(QUICK),--quick) $(ARGS)
+	$(PY) benchmarks/encode_train.py $(if $(QUICK),--quick) $(if $(LOAD),--load) $(ARGS)
 
 # The protocol's table and frontier: evaluates the reference rows (BM25; the teachers, alone and as the ensemble
 # training distils; the untrained student, as shipped and pruned post hoc, the baseline training must beat), trains

@@ -99,6 +99,7 @@ import transformers
 from torch import nn
 from transformers import AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from src import runtime
 from src.data.beir import load_corpus, load_qrels, load_queries
 from src.encoders import DocEncoder, IdfQueryEncoder, bundled_model_path, compute_idf, load_tokenizer
 from src.heads import search_dtype
@@ -124,6 +125,9 @@ ENCODE_IMPLS = ("ours", "ours_fp32", "ours_bf16", "ours_bf16_body", "hf", "st")
 BF16_BODY = "ours_bf16_body"  # its vectors differ slightly by design: not in the 1e-4 check, judged by NDCG@10
 EXACT_IMPLS = tuple(impl for impl in ENCODE_IMPLS if impl != BF16_BODY)
 TRAIN_IMPLS = ("ours", "hf", "st")
+LOADED_IMPLS = ("ours", "hf", "st")  # --load measures these again beside a competing process
+# The competing process of --load: another user's 2-thread PyTorch job, run with torch's defaults.
+COMPETITOR = "import torch\ntorch.set_num_threads(2)\na = torch.randn(1024, 1024)\nwhile True:\n    a @ a\n"
 # DocEncoder's head_precision, and whether the transformer body runs under bf16 autocast (EvalSettings.bf16)
 OURS_SETTINGS = {
     "ours": ("auto", False),
@@ -700,10 +704,39 @@ def run_worker(spec: dict[str, Any]) -> None:
     atomic_write_json(Path(spec["out"]), result)
 
 
-def spawn(spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
-    """Runs one worker in a fresh interpreter and returns its record ({"error": ...} if it failed)."""
-    spec = {**spec, "out": str(tmp / f"{spec['task']}-{spec.get('impl', 'all')}.json")}
-    done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], cwd=ROOT)
+def worker_env(impl: str | None) -> dict[str, str]:
+    """The environment each implementation runs with for its users: ours with src.runtime's THREAD_DEFAULTS (which
+    `import src` sets before torch loads in our entry points; this script imports torch first), the others
+    without those `import src` set here, as in a process of their own."""
+    if impl is not None and impl.startswith("ours"):
+        return {**runtime.THREAD_DEFAULTS, **os.environ}
+    return {name: value for name, value in os.environ.items() if name not in runtime.APPLIED}
+
+
+@contextlib.contextmanager
+def competing_process(on: bool) -> Iterator[None]:
+    """--load: a 2-thread torch matmul loop on the same cores for the duration of one measurement."""
+    if not on:
+        yield
+        return
+    proc = subprocess.Popen([sys.executable, "-c", COMPETITOR], env=worker_env(None))
+    time.sleep(2.0)  # past its imports: loading from the start of the measurement
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def spawn(spec: dict[str, Any], tmp: Path, loaded: bool = False) -> dict[str, Any]:
+    """Runs one worker in a fresh interpreter and returns its record ({"error": ...} if it failed); loaded: beside
+    the competing process."""
+    name = f"{spec['task']}-{spec.get('impl', 'all')}{'-loaded' if loaded else ''}"
+    spec = {**spec, "out": str(tmp / f"{name}.json")}
+    with competing_process(loaded):
+        done = subprocess.run(
+            [sys.executable, __file__, "--worker", json.dumps(spec)], cwd=ROOT, env=worker_env(spec.get("impl"))
+        )
     if done.returncode != 0:
         return {"error": f"worker {spec['task']} {spec.get('impl', '')} exited {done.returncode} (stderr above)"}
     return json.loads(Path(spec["out"]).read_text())
@@ -753,6 +786,20 @@ def ratio(values: dict[str, float], other: str, impl: str = "ours") -> float | N
     if values.get(impl) is None or not values.get(other):
         return None
     return values[impl] / values[other]
+
+
+def kept_under_load(metrics: dict[str, dict[str, float | None]]) -> dict[str, dict[str, float | None]]:
+    """The share of its idle throughput each implementation keeps beside the competing process (fair share: 0.5)."""
+
+    def share(numerator: float | None, denominator: float | None) -> float | None:
+        return numerator / denominator if numerator and denominator else None
+
+    idle_docs, loaded_docs = metrics["encode_docs_per_s"], metrics["encode_docs_per_s_loaded"]
+    idle_step, loaded_step = metrics["train_step_s"], metrics["train_step_s_loaded"]
+    return {
+        "encode": {impl: share(loaded_docs.get(impl), idle_docs.get(impl)) for impl in LOADED_IMPLS},
+        "train": {impl: share(idle_step.get(impl), loaded_step.get(impl)) for impl in LOADED_IMPLS},
+    }
 
 
 def ndcg_summary(ndcg: dict[str, Any]) -> tuple[dict[str, float | None], dict[str, float | None]]:
@@ -828,6 +875,7 @@ def assemble(
     args: argparse.Namespace,
     encode: dict,
     train: dict,
+    loaded: dict,
     gemm: dict,
     ndcg: dict,
     checks: dict,
@@ -857,6 +905,9 @@ def assemble(
         "train_peak_mib": field(train, "peak_mib"),
         "train_live_peak_mib": field(train, "live_peak_mib"),
     }
+    if args.load:
+        metrics["encode_docs_per_s_loaded"] = field(loaded["encode"], "docs_per_s")
+        metrics["train_step_s_loaded"] = field(loaded["train"], "step_s")
     ratios = {
         name: {"ours/st": ratio(v, "st"), "ours/hf": ratio(v, "hf")}
         | ({f"{BF16_BODY}/st": ratio(v, "st", BF16_BODY)} if name.startswith("encode") else {})
@@ -884,6 +935,7 @@ def assemble(
         "compute_bound_docs_per_s": bound,
         "ours_fraction_of_bound": fraction,
         "ratios": ratios,
+        **({"kept_under_load": kept_under_load(metrics), "competitor": COMPETITOR} if args.load else {}),
         "ndcg10_scifact": ndcg10,
         "ndcg10_delta_vs_fp32": deltas,
         "ndcg10_tolerance": NDCG_TOLERANCE,
@@ -902,7 +954,7 @@ def assemble(
         "issue_target": best_counting(docs_per_s, rule),
         "train_losses_step1": {impl: r.get("first_step") for impl, r in train.items()},
         "checks": checks,
-        "details": {"encode": encode, "train": train, "gemm": gemm, "ndcg": ndcg},
+        "details": {"encode": encode, "train": train, "loaded": loaded, "gemm": gemm, "ndcg": ndcg},
         "machine": {
             **machine(torch.device(args.device)),
             "torch_threads": encode.get("ours", {}).get("threads"),
@@ -984,6 +1036,7 @@ def table(result: dict[str, Any]) -> str:
         )
         + ".",
         "",
+        *load_table(result),
         *ndcg_table(result),
         "",
         "| first step | KL | FLOPS per slot (ours) | FLOPS pooled (ST) | lambda x FLOPS optimised | doc non-zeros |",
@@ -997,6 +1050,35 @@ def table(result: dict[str, Any]) -> str:
             )
     lines.append(f"\nKL check vs ours ({'pass' if result['checks']['losses']['passed'] else 'FAIL'}).")
     return "\n".join(lines)
+
+
+def load_table(result: dict[str, Any]) -> list[str]:
+    """--load: idle and loaded figures side by side, the share kept, and ours against ST under the same load."""
+    if "kept_under_load" not in result:
+        return []
+    kept, ratios = result["kept_under_load"], result["ratios"]
+    lines = [
+        "Beside a competing 2-thread torch matmul loop on the same cores (fair share: 0.50 kept):",
+        "",
+        "| implementation | encode docs/s idle | loaded | kept | train step s idle | loaded | kept |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for impl in LOADED_IMPLS:
+        lines.append(
+            f"| {impl} | {fmt(result['encode_docs_per_s'].get(impl))} | "
+            f"{fmt(result['encode_docs_per_s_loaded'].get(impl))} | {fmt(kept['encode'].get(impl), 2)} | "
+            f"{fmt(result['train_step_s'].get(impl), 3)} | {fmt(result['train_step_s_loaded'].get(impl), 3)} | "
+            f"{fmt(kept['train'].get(impl), 2)} |"
+        )
+    encode_x = ratios["encode_docs_per_s_loaded"]["ours/st"]
+    step_x = ratios["train_step_s_loaded"]["ours/st"]
+    lines += [
+        "",
+        f"Under load, ours/st: {fmt(encode_x, 2)}x the docs/s, {fmt(step_x, 2)}x the step time "
+        f"({fmt(1 / step_x if step_x else None, 1)}x the steps/s).",
+        "",
+    ]
+    return lines
 
 
 def ndcg_table(result: dict[str, Any]) -> list[str]:
@@ -1033,6 +1115,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--docs", type=int, help="documents to encode (default 1024, quick 256)")
     parser.add_argument("--steps", type=int, help="timed training steps (default 5, quick 3)")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results.json")
+    parser.add_argument(
+        "--load", action="store_true", help="also measure ours, HF and ST beside a 2-thread torch matmul loop"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.repeats = args.repeats or (1 if args.quick else 3)
@@ -1051,20 +1136,22 @@ def main() -> None:
     base = {"device": args.device}
     with TemporaryDirectory() as folder:
         tmp = Path(folder)
-        encode = {}
+        encode, train, loaded = {}, {}, {"encode": {}, "train": {}}
         for impl in ENCODE_IMPLS:
-            vectors = str(tmp / f"vectors-{impl}.npy")
             spec = {**base, "task": "encode", "impl": impl, "docs": args.docs, "repeats": args.repeats}
-            encode[impl] = spawn({**spec, "vectors": vectors}, tmp)
-        train = {
-            impl: spawn({**base, "task": "train", "impl": impl, "warmup": args.warmup, "steps": args.steps}, tmp)
-            for impl in TRAIN_IMPLS
-        }
+            encode[impl] = spawn({**spec, "vectors": str(tmp / f"vectors-{impl}.npy")}, tmp)
+            if args.load and impl in LOADED_IMPLS:  # right after its idle run: the same state of the machine
+                loaded["encode"][impl] = spawn({**spec, "vectors": str(tmp / f"loaded-{impl}.npy")}, tmp, loaded=True)
+        for impl in TRAIN_IMPLS:
+            spec = {**base, "task": "train", "impl": impl, "warmup": args.warmup, "steps": args.steps}
+            train[impl] = spawn(spec, tmp)
+            if args.load and impl in LOADED_IMPLS:
+                loaded["train"][impl] = spawn(spec, tmp, loaded=True)
         gemm = spawn({**base, "task": "gemm"}, tmp)
         subsample = QUICK_NDCG_SUBSAMPLE if args.quick else None
         ndcg = spawn({**base, "task": "ndcg", "settings": list(NDCG_SETTINGS), "subsample": subsample}, tmp)
         checks = {"vectors": vector_check(tmp, list(EXACT_IMPLS), (BF16_BODY,)), "losses": loss_check(train)}
-    result = assemble(args, encode, train, gemm, ndcg, checks, started, load)
+    result = assemble(args, encode, train, loaded, gemm, ndcg, checks, started, load)
     atomic_write_json(args.output, result)
     print(table(result))
     log(f"wrote {args.output} in {result['wall_s']:.0f} s")

@@ -76,3 +76,28 @@ def test_training_losses_agree(bench, data_dir):
     # ...but each side optimises its own: ours per document slot, ST over all N x G documents pooled.
     assert ours["lambda_flops_optimised"] == pytest.approx(bench.LAMBDA * ours["flops_per_slot"], rel=1e-5)
     assert values["st"]["lambda_flops_optimised"] == pytest.approx(bench.LAMBDA * ours["flops_pooled"], rel=1e-5)
+
+
+def test_load_mode_runs_ours_with_our_thread_defaults_and_peers_without(bench, monkeypatch):
+    """--load compares each implementation as its users run it: ours with src.runtime's THREAD_DEFAULTS (what
+    `import src` sets), HF and ST and the competing process without them, unless the caller set them."""
+    monkeypatch.setattr(bench.runtime, "APPLIED", dict(bench.runtime.THREAD_DEFAULTS))  # as `import src` set them
+    for name, value in bench.runtime.THREAD_DEFAULTS.items():
+        monkeypatch.setenv(name, value)
+    assert all(bench.worker_env("ours")[n] == v for n, v in bench.runtime.THREAD_DEFAULTS.items())
+    for impl in ("st", "hf", None):
+        assert not set(bench.runtime.THREAD_DEFAULTS) & set(bench.worker_env(impl)), impl
+    monkeypatch.setattr(bench.runtime, "APPLIED", {})  # the caller set them: everyone runs with them
+    assert bench.worker_env("st")["OMP_WAIT_POLICY"] == bench.runtime.THREAD_DEFAULTS["OMP_WAIT_POLICY"]
+
+
+def test_kept_under_load_is_the_share_of_idle_throughput(bench):
+    metrics = {
+        "encode_docs_per_s": {"ours": 100.0, "hf": 20.0, "st": 30.0},
+        "encode_docs_per_s_loaded": {"ours": 50.0, "hf": 5.0, "st": None},
+        "train_step_s": {"ours": 0.5, "hf": 4.0, "st": 4.0},
+        "train_step_s_loaded": {"ours": 1.0, "hf": 16.0, "st": 8.0},
+    }
+    kept = bench.kept_under_load(metrics)
+    assert kept["encode"] == {"ours": 0.5, "hf": 0.25, "st": None}
+    assert kept["train"] == {"ours": 0.5, "hf": 0.25, "st": 0.5}
