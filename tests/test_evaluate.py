@@ -223,6 +223,7 @@ def test_beir_defects_are_kept_as_beir_scores_them_and_warned_once(data_dir, tmp
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert sum("3 lines name doc ids not in corpus.jsonl" in m and "missing-" in m for m in warned) == 1, warned
     assert sum("2 judged queries have no text" in m for m in warned) == 1, warned
+    assert len(warned) == 2, warned  # nothing else, and the absent query is not warned about twice
     assert ours["num_queries"] == 12
 
     run: dict[str, dict[str, float]] = {}

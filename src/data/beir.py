@@ -174,6 +174,8 @@ def load_qrels(
                 skipped[problem] = skipped.get(problem, 0) + 1
                 continue
             qrels.setdefault(qid, {})[doc_id] = grade
+    if skipped is None:  # evaluation: load_beir warns once about all judged queries without text, these included
+        unknown.pop("qrels_unknown_query")
     for problem, ids in unknown.items():
         if ids:
             what = (
