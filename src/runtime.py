@@ -1,4 +1,4 @@
-"""Process-wide settings that make CPU training and encoding fast."""
+"""Process-wide settings: fast CPU training and encoding, fair sharing of a busy CPU, and a quiet terminal."""
 
 import ctypes
 import ctypes.util
