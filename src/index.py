@@ -7,8 +7,6 @@ re-encode) and as the index that `python -m src.index` builds and `python -m src
 import hashlib
 import json
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from src.io import atomic_write_json
+from src.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
 INDEX_FORMAT_VERSION = 1
@@ -77,10 +75,7 @@ class SparseIndex:
 
     def save(self, folder: Path) -> Path:
         """Writes into a temporary sibling folder, then renames it into place: never half-written."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-        try:
+        with atomic_dir(Path(folder), replace=True) as tmp:
             checksums = {}
             for name in _ARRAYS:
                 np.save(tmp / f"{name}.npy", getattr(self.matrix, name))
@@ -97,13 +92,7 @@ class SparseIndex:
                     "meta": self.meta,
                 },
             )
-            if folder.exists():
-                shutil.rmtree(folder)
-            tmp.rename(folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return folder
+        return Path(folder)
 
     @classmethod
     def load(cls, folder: Path, verify: bool = True) -> "SparseIndex":

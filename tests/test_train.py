@@ -74,6 +74,9 @@ def test_cli_smoke_run_writes_results(tmp_path, cli_env):
     assert 0.5 < scifact["ndcg@10"] <= 1.0 and scifact["recall@100"] >= scifact["ndcg@10"] - 0.2
     assert 10 < scifact["doc_len"] < 1000 and 0 < scifact["flops"] < scifact["q_len"]
     assert "NDCG@10" in proc.stdout and list(out.glob("wandb/offline-run-*"))  # a run `wandb sync` can upload
+    # Output to a pipe: progress as log lines (first step, last step), not a redrawn bar; no warnings.
+    assert "step 1/20  loss " in proc.stdout and "step 20/20  loss " in proc.stdout and "ETA" in proc.stdout
+    assert "warning" not in (proc.stdout + proc.stderr).lower()
 
 
 def test_bf16_run_on_a_prepared_set_without_recomputing_it(tmp_path, data_dir, cache_dir, monkeypatch):
