@@ -24,20 +24,20 @@ chunk by chunk through `src.index.index_writer`, so neither generation nor searc
   each weighted by the BM25 IDF of the generated corpus, log(1 + (N - df + 0.5) / (df + 0.5)).
 * Query ids `q<i>` and document ids `d<i>` never collide, so self-id exclusion removes nothing here.
 
-Each measurement runs in its own subprocess, so peak memory (VmHWM from /proc/self/status: the process's
-peak resident set, pages of memory-mapped files included) is the method's own. Every method opens the
-corpus memory-mapped from the index folder (`SparseIndex.load(mmap=True)`); "loaded" is the resident set
-just before the timed call: imports (torch comes with `src.retrieval`; every method imports it), the ids,
-the queries and the corpus pages read so far. The timed call is the whole `search` for ours; for scipy,
-`Q @ D.T` over the whole corpus for all its queries at once, then a top-k per row and the same query id ->
-{doc id: score} dicts. Its sparse score matrix holds about nq x nd x (1 - e^-FLOPS) entries, 8 bytes each
-plus the product's working copies: memory grows with the queries, so `--scipy-queries` caps them
-(default: all of them) and the table compares per-query rates. For BMP (Mallia, Suel, Tonellotto, SIGIR
-2024; `pip install bmp`, in the dev lock), the index is built once from the same vectors (timed apart,
-through its Python API), then each query is one call of its exact search (alpha = beta = 1), single-threaded.
-Ours and scipy must return the same top-k scores on the first `--check-queries` queries; BMP's scores are
-in its own units (it rescales each query's weights to a grid of 32 steps), so it is compared by the share
-of our top-10 / top-k it returns, and again with our queries put on its grid.
+Each measurement runs in its own subprocess, so peak memory (VmHWM from /proc/self/status: the process's peak
+resident set, pages of memory-mapped files included) is the method's own. Every method opens the corpus
+memory-mapped from the index folder (`SparseIndex.load(mmap=True)`; `--in-memory` reads it in). "Loaded" is
+the resident set just before the timed call: imports (torch comes with `src.retrieval`; every method imports
+it), the ids, the queries and the corpus pages read so far. The timed call is the whole `search` for ours; for
+scipy, `Q @ D.T` over the whole corpus for all its queries at once, then a top-k per row and the same query id
+-> {doc id: score} dicts. Its sparse score matrix holds about nq x nd x (1 - e^-FLOPS) entries, 8 bytes each
+plus the product's working copies: memory grows with the queries, so `--scipy-queries` caps them (default: all
+of them) and the table compares per-query rates. For BMP (Mallia, Suel, Tonellotto, SIGIR 2024; `pip install
+bmp`, in the dev lock), the index is built once from the same vectors (timed apart, through its Python API),
+then each query is one call of its exact search (alpha = beta = 1), single-threaded. Ours and scipy must
+return the same top-k scores on the first `--check-queries` queries; BMP's scores are in its own units (it
+rescales each query's weights to a grid of 32 steps), so it is compared by the share of our top-10 / top-k it
+returns, and again with our queries put on its grid.
 Results go to `benchmarks/results_retrieval.json` (`--output`; other sizes `results_retrieval_5m.json`,
 ...) and a markdown table to stdout.
 """
@@ -161,11 +161,12 @@ def corpus_folder(args: argparse.Namespace) -> Path:
     return folder
 
 
-def load_corpus(folder: Path, num_queries: int) -> tuple[sp.csr_matrix, list[str], sp.csr_matrix]:
-    """(docs (num_docs, V) memory-mapped CSR, doc ids, the first num_queries queries (n, V) CSR)."""
+def load_corpus(folder: Path, num_queries: int, mmap: bool = True) -> tuple[sp.csr_matrix, list[str], sp.csr_matrix]:
+    """(docs (num_docs, V) CSR, memory-mapped or read into memory, doc ids, the first num_queries queries
+    (n, V) CSR)."""
     from src.index import SparseIndex
 
-    index = SparseIndex.load(folder / "index", verify=False, mmap=True)
+    index = SparseIndex.load(folder / "index", verify=False, mmap=mmap)
     with np.load(folder / "queries.npz") as q:
         queries = sp.csr_matrix((q["data"], q["indices"], q["indptr"]), shape=(len(q["indptr"]) - 1, V))
     return index.matrix, index.doc_ids, queries[:num_queries]
@@ -252,7 +253,7 @@ def run_child(args: argparse.Namespace) -> None:
 
     folder = corpus_folder(args)
     n = args.scipy_queries if args.child == "scipy" else args.queries
-    docs, doc_ids, queries = load_corpus(folder, n)
+    docs, doc_ids, queries = load_corpus(folder, n, mmap=not args.in_memory)
     query_ids = [f"q{i}" for i in range(n)]
     if args.child == "bmp-index":  # the engine's indexing, timed from our memory-mapped index
         start = time.perf_counter()
@@ -306,7 +307,7 @@ def measure(args: argparse.Namespace, method: str, k: int, out: Path, bmp_path: 
     cmd = [sys.executable, __file__, "--child", method, "--k", str(k), "--out", str(out)]
     for name in ("docs", "queries", "scipy_queries", "check_queries", "zipf_a", "zipf_shift", "seed", "cache_dir"):
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    cmd += ["--search-kwargs", args.search_kwargs]
+    cmd += ["--search-kwargs", args.search_kwargs] + (["--in-memory"] if args.in_memory else [])
     if bmp_path is not None:
         cmd += ["--bmp-path", str(bmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -381,6 +382,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", default=["ours", "scipy", "bmp"], choices=METHODS)
     parser.add_argument("--search-kwargs", default="{}", help="JSON of extra keyword arguments for search")
+    parser.add_argument("--in-memory", action="store_true", help="read the corpus into memory, not memory-mapped")
     parser.add_argument("--output", type=Path, help="default: results_retrieval.json at 1M, _5m.json at 5.4M, ...")
     parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "retrieval_bench", help="generated corpora")
     parser.add_argument("--child", choices=[*METHODS, "bmp-index"], help=argparse.SUPPRESS)
@@ -460,6 +462,7 @@ def main() -> None:
         "versions": versions(),
         "corpus": corpus,
         "search_kwargs": json.loads(args.search_kwargs),
+        "corpus_in": "memory" if args.in_memory else "memory-mapped index folder",
         "engine": engine,
         "runs": runs,
     }
@@ -479,7 +482,7 @@ def table(result: dict) -> str:
         f"{c['index_bytes'] / 2**30:.2f} GiB on disk), V = {c['vocab']:,}, {c['queries']:,} queries "
         f"(Q_Len {c['q_len']:.1f}), FLOPS {c['flops']:.2f}; {result['machine']['cpu_count']} CPUs, load average "
         f"{result['machine']['load_average_before'][0]:.2f} before; "
-        f"search kwargs {result['search_kwargs'] or 'default'}",
+        f"search kwargs {result['search_kwargs'] or 'default'}; corpus {result['corpus_in']}",
         "",
         "| k | method | queries | seconds | queries/s | peak MiB | loaded MiB | peak - loaded | agrees with ours |",
         "|---|---|---|---|---|---|---|---|---|",
