@@ -7,7 +7,7 @@ Run: `.venv/bin/python benchmarks/encode_train.py [--quick] [--device cpu|cuda] 
 Implementations (all on the same bundled splade-tiny folder, w(d)_j = max_i log(1 + relu(l[i, j])) over the
 non-padding tokens i of a document):
 
-* `ours`: `src.retrieval.encode_documents` with `DocEncoder` (head_precision auto; `ours_fp32` and `ours_bf16`
+* `ours`: `src.retrieval.engine.encode_documents` with `DocEncoder` (head_precision auto; `ours_fp32` and `ours_bf16`
   force the head's GEMM dtype; the head's output is fp32-exact in all three). Sorts by token length, batches by
   a budget of 32 x 256 tokens.
 * `ours_bf16_body`: `ours` (head auto) inside `torch.autocast(device type, dtype=torch.bfloat16)`, as
@@ -99,15 +99,15 @@ import transformers
 from torch import nn
 from transformers import AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from src import runtime
+from src.common import runtime
 from src.data.beir import load_corpus, load_qrels, load_queries
-from src.encoders import DocEncoder, IdfQueryEncoder, bundled_model_path, compute_idf, load_tokenizer
-from src.heads import search_dtype
-from src.io import atomic_write_json
-from src.losses.kl import kl_divergence
-from src.module import distillation_loss
-from src.regularizers import masked_flops
-from src.retrieval import encode_documents
+from src.model.encoders import DocEncoder, IdfQueryEncoder, bundled_model_path, compute_idf, load_tokenizer
+from src.model.heads import search_dtype
+from src.common.io import atomic_write_json
+from src.model.losses.kl import kl_divergence
+from src.training.module import distillation_loss
+from src.model.regularizers import masked_flops
+from src.retrieval.engine import encode_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LENGTH = 256
@@ -236,7 +236,7 @@ def no_dropout(model: nn.Module) -> Iterator[None]:
 
 
 def body_autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    """The transformer body in bf16, as src.evaluation does for EvalSettings(bf16=True); the head stays fp32."""
+    """The transformer body in bf16, as src.retrieval.evaluation does for EvalSettings(bf16=True); the head stays fp32."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
@@ -317,7 +317,7 @@ def dense_rows(vectors: Any, count: int) -> np.ndarray:
 
 
 def flops_per_slot(docs: torch.Tensor) -> torch.Tensor:
-    """Our FLOPS definition (src.regularizers.masked_flops): docs (N, G, V) -> sum_g sum_v (mean_n M |w|)^2."""
+    """Our FLOPS definition (src.model.regularizers.masked_flops): docs (N, G, V) -> sum_g sum_v (mean_n M |w|)^2."""
     return masked_flops(docs, THRESHOLD)[0]
 
 
@@ -363,7 +363,7 @@ class TrainImpl:
 
 
 class IdfTrain(TrainImpl):
-    """Frozen IDF queries and a document encoder, with the trainer's loss (src.module.distillation_loss)."""
+    """Frozen IDF queries and a document encoder, with the trainer's loss (src.training.module.distillation_loss)."""
 
     def __init__(self, doc: nn.Module, idf: torch.Tensor, tokenizer: PreTrainedTokenizerBase, device: torch.device):
         query = IdfQueryEncoder(idf, tokenizer.all_special_ids)
@@ -657,7 +657,7 @@ def worker_ndcg(spec: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """NDCG@10 on the scifact test split through the project's evaluation path (module docstring, item 4):
     inference-free IDF queries, documents at MAX_LENGTH, one encoder per setting in spec["settings"]."""
     from src.data.beir import load_beir, subsample
-    from src.evaluation import EvalSettings, evaluate_dataset
+    from src.retrieval.evaluation import EvalSettings, evaluate_dataset
 
     tokenizer = load_tokenizer(None)
     dataset = load_beir(beir_dir(), "scifact", "test", download=False)
@@ -705,7 +705,7 @@ def run_worker(spec: dict[str, Any]) -> None:
 
 
 def worker_env(impl: str | None) -> dict[str, str]:
-    """The environment each implementation runs with for its users: ours with src.runtime's THREAD_DEFAULTS (which
+    """The environment each implementation runs with for its users: ours with src.common.runtime's THREAD_DEFAULTS (which
     `import src` sets before torch loads in our entry points; this script imports torch first), the others
     without those `import src` set here, as in a process of their own."""
     if impl is not None and impl.startswith("ours"):

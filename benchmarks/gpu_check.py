@@ -1,11 +1,11 @@
-"""Checks and measures the fused max-pooled MLM head (src.heads) on a GPU: exactness, gradients, speed, memory.
+"""Checks and measures the fused max-pooled MLM head (src.model.heads) on a GPU: exactness, gradients, speed, memory.
 
 Run (repository root): `python benchmarks/gpu_check.py --out DIR [--device cuda] [--quick] [--model PATH]`.
 Writes DIR/gpu_check.json (rewritten after every case, so a killed run leaves what it had) and prints a
 summary. Exit code 1 if any exactness, bound or gradient check fails, 2 if the device is unusable.
 `--device cpu --quick` runs the same checks on small shapes in well under a minute (a smoke test).
 
-Imports from the project only src.heads and src.activations (plus src.encoders.mlm_features for --model,
+Imports from the project only src.model.heads and src.model.activations (plus src.model.encoders.mlm_features for --model,
 which needs only torch and transformers): no hydra, omegaconf, beir or bm25s.
 
 Synthetic heads (no weights needed): features torch.randn (B, L, H) scaled to a row norm of 45 (splade-tiny's
@@ -57,8 +57,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from src import heads  # noqa: E402
-from src.activations import get_activation  # noqa: E402
+from src.model import heads  # noqa: E402
+from src.model.activations import get_activation  # noqa: E402
 
 U = 2.0**-8  # bf16 unit roundoff
 FEATURE_NORM = 45.0
@@ -448,7 +448,7 @@ def add_ratios(rows: list[dict]) -> None:
 def run_model(run: Run, args, device: torch.device, num_docs: int, batch: int, length: int) -> None:
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from src.encoders import mlm_features
+    from src.model.encoders import mlm_features
 
     info: dict[str, Any] = {"path": str(args.model)}
     run.data["model"] = info

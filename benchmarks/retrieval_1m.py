@@ -1,4 +1,4 @@
-"""Exact top-k sparse retrieval over a synthetic 1M-document corpus: `src.retrieval.search` against a
+"""Exact top-k sparse retrieval over a synthetic 1M-document corpus: `src.retrieval.engine.search` against a
 straightforward scipy product, queries per second and peak memory of each.
 
 Run: `.venv/bin/python benchmarks/retrieval_1m.py` (or `make bench-retrieval`); `--help` lists the knobs.
@@ -21,7 +21,7 @@ Synthetic data (fixed seed, cached under `.cache/retrieval_bench/` so later runs
 
 Each measurement runs in its own subprocess, so peak memory (VmHWM from /proc/self/status: the process's
 peak resident set) is the method's own. "Loaded" is the resident set just before the timed call: imports
-(torch comes with `src.retrieval`; both methods import it), corpus, queries and ids. The timed call is the
+(torch comes with `src.retrieval.engine`; both methods import it), corpus, queries and ids. The timed call is the
 whole `search` for ours; for scipy, `Q @ D.T` over the whole corpus for all its queries at once, then a
 top-k per row and the same query id -> {doc id: score} dicts. Its sparse score matrix holds about
 nq x nd x (1 - e^-FLOPS) entries, 8 bytes each plus the product's working copies: memory grows with the
@@ -177,7 +177,7 @@ def top_arrays(results: dict[str, dict[str, float]], rows: int, k: int) -> tuple
 def run_child(args: argparse.Namespace) -> None:
     """One measurement in this process; prints a JSON line and saves the top-k of the checked queries."""
     sys.path.insert(0, str(ROOT))  # run as a script, benchmarks/ is on the path, the project root is not
-    from src.retrieval import search  # imported by both methods (torch comes with it), so peaks compare
+    from src.retrieval.engine import search  # imported by both methods (torch comes with it), so peaks compare
 
     docs, queries = load_or_generate(args)
     n = args.scipy_queries if args.child == "scipy" else args.queries

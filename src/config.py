@@ -28,13 +28,13 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from src.activations import ACTIVATIONS, MAX_LOG_APPLICATIONS
+from src.model.activations import ACTIVATIONS, MAX_LOG_APPLICATIONS
 from src.data.beir import BEIR_DATASETS, dataset_dir
 from src.data.mining import NEGATIVES_FROM
 from src.export import model_folder
-from src.heads import PRECISIONS
-from src.losses import LOSSES
-from src.schedules import LAMBDA_SCHEDULES
+from src.model.heads import PRECISIONS
+from src.model.losses import LOSSES
+from src.model.schedules import LAMBDA_SCHEDULES
 from src.teachers import NORMALISATIONS, TeacherSpec
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"

@@ -19,11 +19,11 @@ from src.config import (
     resolve_output_dir,
 )
 from src.data.beir import load_beir, subsample
-from src.distributed import init_from_env, local_device, rank
-from src.encoders import compute_idf, load_idf
-from src.evaluation import MODES, EvalSettings, evaluate_dataset, format_table, write_trec_run
+from src.common.distributed import init_from_env, local_device, rank
+from src.model.encoders import compute_idf, load_idf
+from src.retrieval.evaluation import MODES, EvalSettings, evaluate_dataset, format_table, write_trec_run
 from src.export import load_retriever
-from src.io import atomic_write_json
+from src.common.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 

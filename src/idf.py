@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from src.data.beir import load_corpus
 from src.data.msmarco import iter_id_text_tsv
-from src.encoders import compute_idf, load_tokenizer, save_idf
+from src.model.encoders import compute_idf, load_tokenizer, save_idf
 
 
 def corpus_texts(path: Path) -> Iterable[str]:

@@ -15,11 +15,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from src.data.module import LengthBucketSampler
-from src.distributed import gather_across_ranks, global_sum, world_size
-from src.encoders import DocEncoder
+from src.common.distributed import gather_across_ranks, global_sum, world_size
+from src.model.encoders import DocEncoder
 from src.evaluate import evaluate
-from src.losses import get_loss
-from src.module import distillation_loss, distillation_target
+from src.model.losses import get_loss
+from src.training.module import distillation_loss, distillation_target
 from src.teachers import combine
 from tests.conftest import ROOT, compose_tool
 

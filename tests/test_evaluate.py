@@ -8,12 +8,12 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-import src.evaluation as evaluation
+import src.retrieval.evaluation as evaluation
 from src.config import ConfigError
 from src.data.beir import load_beir, subsample
-from src.encoders import DocEncoder, compute_idf, load_tokenizer
+from src.model.encoders import DocEncoder, compute_idf, load_tokenizer
 from src.evaluate import evaluate
-from src.evaluation import EvalSettings, evaluate_dataset
+from src.retrieval.evaluation import EvalSettings, evaluate_dataset
 from src.export import export_model, load_retriever
 from src.index import SparseIndex, prune
 from src.search import IndexSearcher

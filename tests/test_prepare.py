@@ -13,7 +13,7 @@ from src.config import ConfigError
 from src.data.beir import DataError
 from src.data.groups import MANIFEST, PreparedSet
 from src.data.module import DistillationDataModule
-from src.encoders import load_tokenizer
+from src.model.encoders import load_tokenizer
 from src.prepare import prepare
 from src.teachers import combine
 from tests.conftest import ROOT

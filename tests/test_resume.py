@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from src import module as module_mod
-from src.checkpoints import AtomicCheckpointIO, CorruptCheckpoint, checkpoints, latest_valid
+from src.training.checkpoints import AtomicCheckpointIO, CorruptCheckpoint, checkpoints, latest_valid
 from src.config import ConfigError
 from src.train import train
 from tests.conftest import ROOT, compose_train

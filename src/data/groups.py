@@ -21,7 +21,7 @@ from typing import BinaryIO
 import numpy as np
 
 from src.data.beir import DataError
-from src.io import atomic_write_bytes, atomic_write_json
+from src.common.io import atomic_write_bytes, atomic_write_json
 
 FORMAT = "l0-sparse-groups"
 VERSION = 1

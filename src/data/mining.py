@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from src import bm25
+from src.retrieval import bm25
 from src.data.beir import BeirDataset
 from src.data.groups import Candidate
 

@@ -26,10 +26,10 @@ from src.config import ConfigError
 from src.data.beir import DEV_FRACTION, DEV_SEED, BeirDataset, dataset_dir, load_beir, qrels_file, subsample
 from src.data.groups import MANIFEST, Candidate, GroupRecord, Manifest, ShardInfo, sha256_file, write_shard
 from src.data.mining import NEGATIVES_FROM, Ranker, bm25_candidates, ensemble_ranker, mine_groups
-from src.encoders import DocEncoder, IdfQueryEncoder, compute_idf, load_tokenizer, resolve_model, save_idf
+from src.model.encoders import DocEncoder, IdfQueryEncoder, compute_idf, load_tokenizer, resolve_model, save_idf
 from src.index import fingerprint
-from src.io import atomic_write_json
-from src.retrieval import encode_documents, encode_queries, search
+from src.common.io import atomic_write_json
+from src.retrieval.engine import encode_documents, encode_queries, search
 from src.teachers import PER_SOURCE, Teacher, TeacherSpec, build_teacher
 
 log = logging.getLogger(__name__)

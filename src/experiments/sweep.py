@@ -613,7 +613,7 @@ def run(sweep: Sweep, points: Sequence[Point], args: argparse.Namespace) -> dict
 
 def _save(sweep: Sweep, out: Path, rows: Sequence[dict]) -> None:
     """summary.json and a copy of the sweep file beside the points, for the notebooks."""
-    from src.io import atomic_write_json, atomic_write_text
+    from src.common.io import atomic_write_json, atomic_write_text
 
     folder = Path(out) / sweep.name
     atomic_write_text(folder / "sweep.yaml", sweep.path.read_text(encoding="utf-8"))

@@ -22,15 +22,15 @@ import torch
 from omegaconf import DictConfig
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from src.activations import LOG1P_COUNTS
-from src.encoders import DocEncoder, load_idf, load_tokenizer, save_idf
-from src.io import atomic_dir, atomic_write_json, is_nonempty_dir
+from src.model.activations import LOG1P_COUNTS
+from src.model.encoders import DocEncoder, load_idf, load_tokenizer, save_idf
+from src.common.io import atomic_dir, atomic_write_json, is_nonempty_dir
 
 log = logging.getLogger(__name__)
 SPARSE_CONFIG = "l0_sparse.json"
 DEFAULT_ACTIVATION = "log1"  # what SPLADE and OpenSearch's doc models use when a folder does not say
 FORMATS = ("opensearch", "sentence-transformers")
-QUERY_MAX_LENGTH = 512  # inference-free queries are cut here, [CLS] and [SEP] included (src.retrieval.encode_queries)
+QUERY_MAX_LENGTH = 512  # inference-free queries are cut here, [CLS] and [SEP] included (src.retrieval.engine.encode_queries)
 
 
 @dataclass
@@ -136,13 +136,13 @@ def export_sentence_transformers(
 
     Its one module is a Router, sentence-transformers' inference-free layout: the "query" route a
     SparseStaticEmbedding holding the IDF, the "document" route Transformer (fill-mask) + SpladePooling (max),
-    plus our Log1pSteps (src/st_modules.py, copied into the folder) for relu, log3 and log4. log1 and log2 load
+    plus our Log1pSteps (src/model/st_modules.py, copied into the folder) for relu, log3 and log4. log1 and log2 load
     with `SparseEncoder(out_dir)`; the others need `trust_remote_code=True`.
     """
     from sentence_transformers import SparseEncoder
     from sentence_transformers.sparse_encoder.modules import Router, SparseStaticEmbedding, SpladePooling, Transformer
 
-    from src.st_modules import Log1pSteps
+    from src.model.st_modules import Log1pSteps
 
     pooling, steps = splade_pooling_plan(doc_encoder.activation_name)
     vocab_size = doc_encoder.vocab_size
@@ -242,7 +242,7 @@ def _idf_corpus(cfg: DictConfig) -> Path:
 
 def _export_idf(cfg: DictConfig, retriever: Retriever) -> tuple[torch.Tensor, str]:
     """The IDF the exported queries use and where it came from: idf=, idf_corpus=, or the model's idf.json."""
-    from src.encoders import compute_idf
+    from src.model.encoders import compute_idf
     from src.idf import corpus_texts
 
     if cfg.idf is not None:

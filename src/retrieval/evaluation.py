@@ -11,12 +11,12 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from src.data.beir import BeirDataset
-from src.distributed import broadcast_from_first, rank
-from src.encoders import DocEncoder, IdfQueryEncoder
+from src.common.distributed import broadcast_from_first, rank
+from src.model.encoders import DocEncoder, IdfQueryEncoder
 from src.index import CorruptIndex, SparseIndex, corpus_fingerprint, fingerprint, model_fingerprint, prune
-from src.io import atomic_write_text
-from src.metrics import ranking_metrics
-from src.retrieval import efficiency, encode_documents, encode_queries, search
+from src.common.io import atomic_write_text
+from src.retrieval.metrics import ranking_metrics
+from src.retrieval.engine import efficiency, encode_documents, encode_queries, search
 
 log = logging.getLogger(__name__)
 MODES = ("inference_free", "siamese", "bm25", "teachers")
@@ -132,7 +132,7 @@ def evaluate_dataset(
         return None, None  # nothing to share: they run on rank 0
     if mode in ("bm25", "teachers"):
         if mode == "bm25":
-            from src.bm25 import bm25_search
+            from src.retrieval.bm25 import bm25_search
 
             results = bm25_search(dataset, k=settings.top_k, progress=settings.progress)
         else:

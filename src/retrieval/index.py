@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from src.io import atomic_dir, atomic_write_json
+from src.common.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
 INDEX_FORMAT_VERSION = 1
@@ -114,10 +114,10 @@ def build_index(cfg) -> Path | None:
     """Encodes one dataset's corpus with a model into `<output_dir>/index`, with the tokenizer and the
     IDF that `python -m src.search` needs to turn typed queries into vectors. (None on ranks other than 0.)"""
     from src.data.beir import load_beir, subsample
-    from src.distributed import init_from_env, rank
-    from src.encoders import compute_idf, load_idf, save_idf
+    from src.common.distributed import init_from_env, rank
+    from src.model.encoders import compute_idf, load_idf, save_idf
     from src.evaluate import eval_device
-    from src.evaluation import EvalSettings, encode_corpus
+    from src.retrieval.evaluation import EvalSettings, encode_corpus
     from src.export import load_retriever
 
     init_from_env()  # under torchrun the ranks share the encoding; rank 0 writes the index

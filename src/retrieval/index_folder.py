@@ -12,9 +12,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from src.data.beir import load_corpus
-from src.encoders import IdfQueryEncoder, load_idf, load_tokenizer
+from src.model.encoders import IdfQueryEncoder, load_idf, load_tokenizer
 from src.index import SparseIndex
-from src.retrieval import encode_queries, search
+from src.retrieval.engine import encode_queries, search
 
 
 class IndexSearcher:

@@ -13,19 +13,19 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
-from src.checkpoints import AtomicCheckpointIO, SaveThenRequeue, StepCheckpoint, latest_valid
+from src.training.checkpoints import AtomicCheckpointIO, SaveThenRequeue, StepCheckpoint, latest_valid
 from src.config import ConfigError, per_device_batch_size, resolve_output_dir, validate
 from src.data.beir import has_split, load_beir, subsample
 from src.data.groups import PreparedSet
 from src.data.module import DistillationDataModule
-from src.encoders import DocEncoder, IdfQueryEncoder, load_idf, load_tokenizer, query_frequency
-from src.evaluation import EvalSettings, evaluate_dataset, format_table
+from src.model.encoders import DocEncoder, IdfQueryEncoder, load_idf, load_tokenizer, query_frequency
+from src.retrieval.evaluation import EvalSettings, evaluate_dataset, format_table
 from src.export import export_model, model_folder
-from src.guards import TrainingGuard
-from src.io import atomic_write_json, atomic_write_text
-from src.module import SparseRetrieverModule
+from src.training.guards import TrainingGuard
+from src.common.io import atomic_write_json, atomic_write_text
+from src.training.module import SparseRetrieverModule
 from src.prepare import SETTINGS, prepare, prepared_key
-from src.progress import TrainingProgress
+from src.training.progress import TrainingProgress
 
 log = logging.getLogger(__name__)
 
