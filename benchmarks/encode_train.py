@@ -100,14 +100,14 @@ from torch import nn
 from transformers import AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from src.common import runtime
+from src.common.io import atomic_write_json
 from src.data.beir import load_corpus, load_qrels, load_queries
 from src.model.encoders import DocEncoder, IdfQueryEncoder, bundled_model_path, compute_idf, load_tokenizer
 from src.model.heads import search_dtype
-from src.common.io import atomic_write_json
 from src.model.losses.kl import kl_divergence
-from src.training.module import distillation_loss
 from src.model.regularizers import masked_flops
 from src.retrieval.engine import encode_documents
+from src.training.module import distillation_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LENGTH = 256
@@ -236,7 +236,8 @@ def no_dropout(model: nn.Module) -> Iterator[None]:
 
 
 def body_autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    """The transformer body in bf16, as src.retrieval.evaluation does for EvalSettings(bf16=True); the head stays fp32."""
+    """The transformer body in bf16, as src.retrieval.evaluation does for EvalSettings(bf16=True); the head stays
+    fp32."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
@@ -705,8 +706,8 @@ def run_worker(spec: dict[str, Any]) -> None:
 
 
 def worker_env(impl: str | None) -> dict[str, str]:
-    """The environment each implementation runs with for its users: ours with src.common.runtime's THREAD_DEFAULTS (which
-    `import src` sets before torch loads in our entry points; this script imports torch first), the others
+    """The environment each implementation runs with for its users: ours with src.common.runtime's THREAD_DEFAULTS
+    (which `import src` sets before torch loads in our entry points; this script imports torch first), the others
     without those `import src` set here, as in a process of their own."""
     if impl is not None and impl.startswith("ours"):
         return {**runtime.THREAD_DEFAULTS, **os.environ}

@@ -5,8 +5,8 @@ Writes DIR/gpu_check.json (rewritten after every case, so a killed run leaves wh
 summary. Exit code 1 if any exactness, bound or gradient check fails, 2 if the device is unusable.
 `--device cpu --quick` runs the same checks on small shapes in well under a minute (a smoke test).
 
-Imports from the project only src.model.heads and src.model.activations (plus src.model.encoders.mlm_features for --model,
-which needs only torch and transformers): no hydra, omegaconf, beir or bm25s.
+Imports from the project only src.model.heads and src.model.activations (plus src.model.encoders.mlm_features for
+--model, which needs only torch and transformers): no hydra, omegaconf, beir or bm25s.
 
 Synthetic heads (no weights needed): features torch.randn (B, L, H) scaled to a row norm of 45 (splade-tiny's
 last layer measures ~45), decoder weight randn * 0.05 (splade-tiny: 0.06), and a per-term bias of spread

@@ -28,10 +28,10 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from src.model.activations import ACTIVATIONS, MAX_LOG_APPLICATIONS
 from src.data.beir import BEIR_DATASETS, dataset_dir
 from src.data.mining import NEGATIVES_FROM
-from src.export import model_folder
+from src.model.activations import ACTIVATIONS, MAX_LOG_APPLICATIONS
+from src.model.formats import model_folder
 from src.model.heads import PRECISIONS
 from src.model.losses import LOSSES
 from src.model.schedules import LAMBDA_SCHEDULES

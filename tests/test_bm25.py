@@ -1,7 +1,7 @@
 import pytest
 
-from src.retrieval.bm25 import bm25_search
 from src.data.beir import BeirDataset, load_beir
+from src.retrieval.bm25 import bm25_search
 from src.retrieval.metrics import ranking_metrics
 
 

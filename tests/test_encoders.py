@@ -122,7 +122,7 @@ def test_the_papers_distilbert_architecture_encodes_backpropagates_and_round_tri
     from BERT's, and the fused max must still equal the full logits' max."""
     from transformers import DistilBertConfig, DistilBertForMaskedLM
 
-    from src.export import export_model, load_retriever
+    from src.model.formats import export_model, load_retriever
 
     torch.manual_seed(0)
     config = DistilBertConfig(vocab_size=30522, dim=64, n_layers=2, n_heads=2, hidden_dim=128)

@@ -20,8 +20,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from src.data.beir import DataError
 from src.common.io import atomic_write_bytes, atomic_write_json
+from src.data.beir import DataError
 
 FORMAT = "l0-sparse-groups"
 VERSION = 1

@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import torch
 
-from src.retrieval import bm25
 from src.data.beir import BeirDataset
 from src.data.groups import Candidate
+from src.retrieval import bm25
 
 # bm25s's defaults without stemming, as the groups were first mined: keeps the README's training figures valid.
 # Moving to bm25.BEIR_SETTINGS changes ~25-30% of the top-50 pool.

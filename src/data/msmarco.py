@@ -30,11 +30,10 @@ from typing import IO, TYPE_CHECKING, NamedTuple
 
 from src.data.beir import DataError
 from src.data.groups import Candidate
+from src.data.sources import Source, SourceSpec
 
-if TYPE_CHECKING:  # src.prepare imports this module
+if TYPE_CHECKING:
     from omegaconf import DictConfig
-
-    from src.prepare import SourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -429,10 +428,8 @@ def _input(cfg, name: str) -> Path:
     raise FileNotFoundError(f"{key}: set it to the local file; it is published at {DOWNLOADS[key]}")
 
 
-def source_spec(cfg: "DictConfig") -> "SourceSpec":
+def source_spec(cfg: "DictConfig") -> SourceSpec:
     """The `msmarco` block of `src.prepare`'s config as a source: `msmarco.format` picks the converter."""
-    from src.prepare import Source, SourceSpec
-
     fmt = cfg.msmarco.format
     if fmt == "hard_negatives":
         files = {k: _input(cfg, k) for k in ("hard_negatives", "ce_scores", "collection", "queries")}

