@@ -41,6 +41,7 @@ CE_TEACHER = "cross-encoder/ms-marco-MiniLM-L-6-v2"  # the model behind the hard
 ENSEMBLE_TEACHER = "bert_cat_ensemble"
 MAX_WARNINGS = 5  # skipped items logged one by one per kind; the rest only in the final total
 TEXT_SKIPS = ("query_not_in_queries_file", "passage_not_in_collection")  # id-based sources, see _resolve_texts
+FORMATS = ("hard_negatives", "bert_ensemble")  # the values of `msmarco.format`: the converters of source_spec
 
 # Where the inputs are published (repo id, filename), keyed by the config key that takes a local file instead.
 # As published at the time of writing: checked against the dataset's file listing and README on the hub and
