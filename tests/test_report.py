@@ -1,4 +1,5 @@
-"""The results table, frontier and curves (src/report.py) on hand-written results, and the notebook on real runs."""
+"""The results table, frontier and curves (src/experiments/report.py) on hand-written results, and the notebook on
+real runs."""
 
 import json
 import os
@@ -27,7 +28,7 @@ def write_run(
     metrics: str | None = None,
     dev: dict | None = None,
 ) -> Path:
-    """A results.json as src/train.py writes it (evals: dataset -> (ndcg@10, flops, doc_len); dev: dataset ->
+    """A results.json as src/training/run.py writes it (evals: dataset -> (ndcg@10, flops, doc_len); dev: dataset ->
     ndcg@10 on the dev split)."""
     evals = {"scifact": (0.6, 1.0, 90.0), "nfcorpus": (0.3, 0.5, 100.0)} if evals is None else evals
     results = {
@@ -65,7 +66,7 @@ def write_run(
 def write_reference(
     folder: Path, mode: str = "inference_free", evals: dict | None = None, prune_ratio: float | None = 0.0
 ) -> Path:
-    """A results.json as src/evaluate.py writes it; BM25 has no FLOPS / Doc_Len."""
+    """A results.json as src/retrieval/evaluation.py writes it; BM25 has no FLOPS / Doc_Len."""
     evals = {"scifact": (0.66, 2.1, 285.2), "nfcorpus": (0.31, 0.58, 296.6)} if evals is None else evals
     none = mode == "bm25"
     results = {

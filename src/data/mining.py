@@ -1,7 +1,7 @@
 """Training groups mined from a BEIR-layout train split: (query, 1 judged positive, G-1 hard negatives).
 
 The negatives come from the top of a ranking of the whole corpus for the query (a `Ranker`): BM25's (the
-default), the teachers' ensemble (`ensemble_ranker`) or the student's own (`src.prepare`'s student ranker).
+default), the teachers' ensemble (`ensemble_ranker`) or the student's own (`src.data.prepare.student_ranker`).
 """
 
 import random

@@ -121,7 +121,7 @@ class GroupCollator:
 
 
 class DistillationDataModule(L.LightningDataModule):
-    """Groups of a prepared set (src/prepare.py), read from disk item by item."""
+    """Groups of a prepared set (src/data/prepare.py), read from disk item by item."""
 
     def __init__(
         self,
