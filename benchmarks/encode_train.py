@@ -7,7 +7,7 @@ Run: `.venv/bin/python benchmarks/encode_train.py [--quick] [--device cpu|cuda] 
 Implementations (all on the same bundled splade-tiny folder, w(d)_j = max_i log(1 + relu(l[i, j])) over the
 non-padding tokens i of a document):
 
-* `ours`: `src.retrieval.encode_documents` with `DocEncoder` (head_precision auto; `ours_fp32` and `ours_bf16`
+* `ours`: `src.retrieval.engine.encode_documents` with `DocEncoder` (head_precision auto; `ours_fp32` and `ours_bf16`
   force the head's GEMM dtype; the head's output is fp32-exact in all three). Sorts by token length, batches by
   a budget of 32 x 256 tokens.
 * `ours_bf16_body`: `ours` (head auto) inside `torch.autocast(device type, dtype=torch.bfloat16)`, as
@@ -74,16 +74,11 @@ torch.cuda.max_memory_allocated minus memory_allocated at the baseline; there is
 
 import argparse
 import contextlib
-import ctypes
-import ctypes.util
 import datetime
 import json
 import os
-import platform
 import random
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -99,17 +94,20 @@ import transformers
 from torch import nn
 from transformers import AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from src import runtime
-from src.data.beir import load_corpus, load_qrels, load_queries
-from src.encoders import DocEncoder, IdfQueryEncoder, bundled_model_path, compute_idf, load_tokenizer
-from src.heads import search_dtype
-from src.io import atomic_write_json
-from src.losses.kl import kl_divergence
-from src.module import distillation_loss
-from src.regularizers import masked_flops
-from src.retrieval import encode_documents
-
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python benchmarks/encode_train.py`: the root holds benchmarks/harness.py
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import harness
+from src.common import runtime
+from src.data.beir import load_corpus, load_qrels, load_queries
+from src.model.encoders import DocEncoder, IdfQueryEncoder, bundled_model_path, compute_idf, load_tokenizer
+from src.model.heads import search_dtype
+from src.model.losses.kl import kl_divergence
+from src.model.regularizers import masked_flops
+from src.retrieval.engine import encode_documents
+from src.training.module import distillation_loss
+
 MAX_LENGTH = 256
 BATCH_SIZE = 32
 CHECK_DOCS = 64  # warm-up documents, and the ones whose vectors every implementation must agree on
@@ -141,13 +139,6 @@ QUICK_NDCG_SUBSAMPLE = {"max_queries": 50, "max_docs": 1000}  # src.data.beir.su
 SPEEDUP_TARGET = 3.0  # the issue: at least 3x sentence-transformers' documents/s
 GEMM_SHAPE = (8192, 128, 30_522)  # tokens, hidden, vocabulary
 GEMM_TILE = (2048, 1024)  # tokens x vocabulary columns
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt options
-GLIBC_DEFAULT_THRESHOLD = 128 * 1024
-
-
-def log(message: str) -> None:
-    """Progress goes to stderr, so stdout carries only the table."""
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -236,7 +227,8 @@ def no_dropout(model: nn.Module) -> Iterator[None]:
 
 
 def body_autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    """The transformer body in bf16, as src.evaluation does for EvalSettings(bf16=True); the head stays fp32."""
+    """The transformer body in bf16, as src.retrieval.evaluation does for EvalSettings(bf16=True); the head stays
+    fp32."""
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
@@ -317,7 +309,7 @@ def dense_rows(vectors: Any, count: int) -> np.ndarray:
 
 
 def flops_per_slot(docs: torch.Tensor) -> torch.Tensor:
-    """Our FLOPS definition (src.regularizers.masked_flops): docs (N, G, V) -> sum_g sum_v (mean_n M |w|)^2."""
+    """Our FLOPS definition (src.model.regularizers.masked_flops): docs (N, G, V) -> sum_g sum_v (mean_n M |w|)^2."""
     return masked_flops(docs, THRESHOLD)[0]
 
 
@@ -363,7 +355,7 @@ class TrainImpl:
 
 
 class IdfTrain(TrainImpl):
-    """Frozen IDF queries and a document encoder, with the trainer's loss (src.module.distillation_loss)."""
+    """Frozen IDF queries and a document encoder, with the trainer's loss (src.training.module.distillation_loss)."""
 
     def __init__(self, doc: nn.Module, idf: torch.Tensor, tokenizer: PreTrainedTokenizerBase, device: torch.device):
         query = IdfQueryEncoder(idf, tokenizer.all_special_ids)
@@ -480,101 +472,27 @@ def train_step(impl: TrainImpl, optimizer: torch.optim.Optimizer, batch: TrainBa
 # ------------------------------------------------------------------------------------ measurement
 
 
-def proc_status_mib(field: str) -> float:
-    """VmRSS (resident set) or VmHWM (its peak) of this process, MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def rss_mib() -> float:
-    return proc_status_mib("VmRSS")
-
-
-def maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class PeakMemory:
-    """Peak memory above the moment of construction, MiB (see the module docstring)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        synchronize(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            self.loaded = torch.cuda.memory_allocated(device) / 2**20
-            self.peak_before = self.loaded
-        else:
-            self.loaded = rss_mib()
-            self.peak_before = maxrss_mib()  # above `loaded` would mean an earlier peak could hide this one
-
-    def peak(self) -> float:
-        synchronize(self.device)
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20 - self.loaded
-        return maxrss_mib() - self.loaded
-
-    def record(self) -> dict[str, float]:
-        return {"peak_mib": self.peak(), "loaded_mib": self.loaded, "peak_before_mib": self.peak_before}
-
-
-def live_peak_mib(fn: Callable[[], Any], device: torch.device) -> float | None:
-    """Peak resident memory of one more, untimed call of fn above the resident set before it, MiB, with
-    glibc's default thresholds restored: blocks of 128 KiB and more are then mmapped and returned on free,
-    so the peak follows the call's live tensors. The kept-heap peak of PeakMemory also holds the heap's
-    fragmentation, which varies from run to run (see the module docstring). None where it cannot be taken
-    (CUDA, where max_memory_allocated is live already; no glibc; no /proc/self/clear_refs)."""
-    if device.type != "cpu":
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)  # hand the kept free memory back first
-        for option in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD):
-            libc.mallopt(option, GLIBC_DEFAULT_THRESHOLD)
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS now
-    except (OSError, AttributeError):
-        return None
-    before = rss_mib()
-    fn()
-    return proc_status_mib("VmHWM") - before
-
-
-def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    synchronize(device)
-    start = time.perf_counter()
-    out = fn()
-    synchronize(device)
-    return time.perf_counter() - start, out
-
-
 def worker_encode(spec: dict[str, Any], device: torch.device) -> dict[str, Any]:
     impl = spec["impl"]
     texts = load_documents(spec["docs"])
     tokenizer = load_tokenizer(None)
     tokens = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]]
     encode = build_encode(impl, device)
-    memory = PeakMemory(device)
-    log(f"encode {impl}: warm-up on {CHECK_DOCS} documents")
+    memory = harness.PeakMemory(device)
+    harness.log(f"encode {impl}: warm-up on {CHECK_DOCS} documents")
     encode(texts[:CHECK_DOCS])
     seconds = []
     for repeat in range(spec["repeats"]):
-        elapsed, vectors = timed(lambda: encode(texts), device)
+        elapsed, vectors = harness.timed(lambda: encode(texts), device)
         seconds.append(elapsed)
-        log(f"encode {impl}: repeat {repeat + 1}/{spec['repeats']}: {len(texts) / elapsed:.1f} docs/s")
+        harness.log(f"encode {impl}: repeat {repeat + 1}/{spec['repeats']}: {len(texts) / elapsed:.1f} docs/s")
     record = memory.record()
     np.save(spec["vectors"], dense_rows(vectors, CHECK_DOCS))
     del vectors
     median = statistics.median(seconds)
     return {
         **record,
-        "live_peak_mib": live_peak_mib(lambda: encode(texts), device),  # last: it changes the allocator
+        "live_peak_mib": harness.live_peak_mib(lambda: encode(texts), device),  # last: it changes the allocator
         "docs": len(texts),
         "seconds": seconds,
         "docs_per_s": len(texts) / median,
@@ -592,19 +510,19 @@ def worker_train(spec: dict[str, Any], device: torch.device) -> dict[str, Any]:
     batch = training_batch(tokenizer, TRAIN_QUERIES).to(device)
     impl = build_train(impl_name, idf, tokenizer, device)
     optimizer = torch.optim.AdamW(impl.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    memory = PeakMemory(device)  # before the first forward too: the kept heap would hide its memory otherwise
+    memory = harness.PeakMemory(device)  # before the first forward too: the kept heap would hide its memory otherwise
     first = first_step_values(impl, batch)
     for step in range(spec["warmup"]):
         train_step(impl, optimizer, batch)
-        log(f"train {impl_name}: warm-up step {step + 1}/{spec['warmup']}")
+        harness.log(f"train {impl_name}: warm-up step {step + 1}/{spec['warmup']}")
     seconds = []
     for step in range(spec["steps"]):
-        elapsed, _ = timed(lambda: train_step(impl, optimizer, batch), device)
+        elapsed, _ = harness.timed(lambda: train_step(impl, optimizer, batch), device)
         seconds.append(elapsed)
-        log(f"train {impl_name}: step {step + 1}/{spec['steps']}: {elapsed:.2f} s")
+        harness.log(f"train {impl_name}: step {step + 1}/{spec['steps']}: {elapsed:.2f} s")
     return {
         **memory.record(),
-        "live_peak_mib": live_peak_mib(lambda: train_step(impl, optimizer, batch), device),
+        "live_peak_mib": harness.live_peak_mib(lambda: train_step(impl, optimizer, batch), device),
         "seconds": seconds,
         "step_s": statistics.median(seconds),
         "first_step": first,
@@ -640,7 +558,7 @@ def gemm_rate(dtype: torch.dtype, device: torch.device, repeats: int = 5) -> dic
     rates = {}
     for name, fn in (("whole", whole), ("tiled", tiled)):
         fn()  # warm-up
-        seconds = statistics.median(timed(fn, device)[0] for _ in range(repeats))
+        seconds = statistics.median(harness.timed(fn, device)[0] for _ in range(repeats))
         rates[name] = flop / seconds / 1e9
     return {**rates, "best": max(rates.values())}
 
@@ -649,7 +567,7 @@ def worker_gemm(spec: dict[str, Any], device: torch.device) -> dict[str, Any]:
     result = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         result[name] = gemm_rate(dtype, device)
-        log(f"gemm {name}: {result[name]['best']:.0f} GFLOP/s")
+        harness.log(f"gemm {name}: {result[name]['best']:.0f} GFLOP/s")
     return result
 
 
@@ -657,7 +575,7 @@ def worker_ndcg(spec: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """NDCG@10 on the scifact test split through the project's evaluation path (module docstring, item 4):
     inference-free IDF queries, documents at MAX_LENGTH, one encoder per setting in spec["settings"]."""
     from src.data.beir import load_beir, subsample
-    from src.evaluation import EvalSettings, evaluate_dataset
+    from src.retrieval.evaluation import EvalSettings, evaluate_dataset
 
     tokenizer = load_tokenizer(None)
     dataset = load_beir(beir_dir(), "scifact", "test", download=False)
@@ -674,7 +592,7 @@ def worker_ndcg(spec: dict[str, Any], device: torch.device) -> dict[str, Any]:
         metrics, _ = evaluate_dataset(dataset, "inference_free", eval_settings, encoder, tokenizer, idf)
         seconds = time.perf_counter() - start
         settings[name] = {"head_precision": precision, "bf16_body": bf16_body, "metrics": metrics, "seconds": seconds}
-        log(f"ndcg {name} (head {precision}, body {'bf16' if bf16_body else 'fp32'}): {metrics['ndcg@10']:.5f}")
+        harness.log(f"ndcg {name} (head {precision}, body {'bf16' if bf16_body else 'fp32'}): {metrics['ndcg@10']:.5f}")
     return {
         "dataset": "scifact",
         "split": "test",
@@ -701,45 +619,29 @@ def run_worker(spec: dict[str, Any]) -> None:
     device = torch.device(spec["device"])
     result = WORKERS[spec["task"]](spec, device)
     result["threads"] = torch.get_num_threads()
-    atomic_write_json(Path(spec["out"]), result)
+    harness.write_result(Path(spec["out"]), result)
 
 
 def worker_env(impl: str | None) -> dict[str, str]:
-    """The environment each implementation runs with for its users: ours with src.runtime's THREAD_DEFAULTS (which
-    `import src` sets before torch loads in our entry points; this script imports torch first), the others
+    """The environment each implementation runs with for its users: ours with src.common.runtime's THREAD_DEFAULTS
+    (which `import src` sets before torch loads in our entry points; this script imports torch first), the others
     without those `import src` set here, as in a process of their own."""
     if impl is not None and impl.startswith("ours"):
         return {**runtime.THREAD_DEFAULTS, **os.environ}
     return {name: value for name, value in os.environ.items() if name not in runtime.APPLIED}
 
 
-@contextlib.contextmanager
-def competing_process(on: bool) -> Iterator[None]:
+def competing_process(on: bool) -> contextlib.AbstractContextManager:
     """--load: a 2-thread torch matmul loop on the same cores for the duration of one measurement."""
-    if not on:
-        yield
-        return
-    proc = subprocess.Popen([sys.executable, "-c", COMPETITOR], env=worker_env(None))
-    time.sleep(2.0)  # past its imports: loading from the start of the measurement
-    try:
-        yield
-    finally:
-        proc.kill()
-        proc.wait()
+    return harness.competing_process(COMPETITOR, env=worker_env(None)) if on else contextlib.nullcontext()
 
 
 def spawn(spec: dict[str, Any], tmp: Path, loaded: bool = False) -> dict[str, Any]:
     """Runs one worker in a fresh interpreter and returns its record ({"error": ...} if it failed); loaded: beside
     the competing process."""
     name = f"{spec['task']}-{spec.get('impl', 'all')}{'-loaded' if loaded else ''}"
-    spec = {**spec, "out": str(tmp / f"{name}.json")}
     with competing_process(loaded):
-        done = subprocess.run(
-            [sys.executable, __file__, "--worker", json.dumps(spec)], cwd=ROOT, env=worker_env(spec.get("impl"))
-        )
-    if done.returncode != 0:
-        return {"error": f"worker {spec['task']} {spec.get('impl', '')} exited {done.returncode} (stderr above)"}
-    return json.loads(Path(spec["out"]).read_text())
+        return harness.spawn(__file__, spec, tmp / f"{name}.json", env=worker_env(spec.get("impl")))
 
 
 # --------------------------------------------------------------------------------------- the report
@@ -848,27 +750,12 @@ def best_counting(docs_per_s: dict[str, float | None], rule: dict[str, dict[str,
     return {"impl": impl, "docs_per_s": counting[impl], "x_st": x_st, "target": SPEEDUP_TARGET, "met": met}
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def machine(device: torch.device) -> dict[str, Any]:
     import sentence_transformers  # late: the parent needs only its version, after the workers are done
 
-    return {
-        "cpu_model": cpu_model(),
-        "cores": os.cpu_count(),
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "sentence_transformers": sentence_transformers.__version__,
-        "platform": platform.platform(),
-    }
+    return harness.machine(
+        device, transformers=transformers.__version__, sentence_transformers=sentence_transformers.__version__
+    )
 
 
 def assemble(
@@ -1152,9 +1039,9 @@ def main() -> None:
         ndcg = spawn({**base, "task": "ndcg", "settings": list(NDCG_SETTINGS), "subsample": subsample}, tmp)
         checks = {"vectors": vector_check(tmp, list(EXACT_IMPLS), (BF16_BODY,)), "losses": loss_check(train)}
     result = assemble(args, encode, train, loaded, gemm, ndcg, checks, started, load)
-    atomic_write_json(args.output, result)
+    harness.write_result(args.output, result)
     print(table(result))
-    log(f"wrote {args.output} in {result['wall_s']:.0f} s")
+    harness.log(f"wrote {args.output} in {result['wall_s']:.0f} s")
     if not (checks["vectors"]["passed"] and checks["losses"]["passed"]):
         sys.exit("correctness check failed: the implementations do not compute the same vectors or KL (see checks)")
     if None in result["ndcg10_scifact"].values():

@@ -1,12 +1,12 @@
-"""Checks and measures the fused max-pooled MLM head (src.heads) on a GPU: exactness, gradients, speed, memory.
+"""Checks and measures the fused max-pooled MLM head (src.model.heads) on a GPU: exactness, gradients, speed, memory.
 
 Run (repository root): `python benchmarks/gpu_check.py --out DIR [--device cuda] [--quick] [--model PATH]`.
 Writes DIR/gpu_check.json (rewritten after every case, so a killed run leaves what it had) and prints a
 summary. Exit code 1 if any exactness, bound or gradient check fails, 2 if the device is unusable.
 `--device cpu --quick` runs the same checks on small shapes in well under a minute (a smoke test).
 
-Imports from the project only src.heads and src.activations (plus src.encoders.mlm_features for --model,
-which needs only torch and transformers): no hydra, omegaconf, beir or bm25s.
+Imports from the project only src.model.heads and src.model.activations (plus src.model.encoders.mlm_features for
+--model, which needs only torch and transformers): no hydra, omegaconf, beir or bm25s.
 
 Synthetic heads (no weights needed): features torch.randn (B, L, H) scaled to a row norm of 45 (splade-tiny's
 last layer measures ~45), decoder weight randn * 0.05 (splade-tiny: 0.06), and a per-term bias of spread
@@ -39,9 +39,7 @@ recorded, since Lightning and users often set torch.set_float32_matmul_precision
 """
 
 import argparse
-import json
 import math
-import os
 import platform
 import statistics
 import sys
@@ -54,11 +52,12 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
+if str(ROOT) not in sys.path:  # run as `python benchmarks/gpu_check.py`: the root holds benchmarks/ and src/
     sys.path.insert(0, str(ROOT))
 
-from src import heads  # noqa: E402
-from src.activations import get_activation  # noqa: E402
+from benchmarks import harness
+from src.model import heads
+from src.model.activations import get_activation
 
 U = 2.0**-8  # bf16 unit roundoff
 FEATURE_NORM = 45.0
@@ -73,15 +72,6 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def fnum(x: Any) -> Any:
-    """JSON-safe float (None for nan/inf)."""
-    if isinstance(x, torch.Tensor):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 class Run:
     """Accumulates results and rewrites the JSON after each case."""
 
@@ -94,7 +84,7 @@ class Run:
         return time.perf_counter() - self.started
 
     def check(self, name: str, ok: bool, **numbers) -> None:
-        numbers = {k: fnum(v) for k, v in numbers.items()}
+        numbers = {k: harness.json_number(v) for k, v in numbers.items()}
         self.data["checks"].append({"name": name, "pass": bool(ok), **numbers})
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in numbers.items() if not isinstance(v, (list, dict)))
         log(f"  [{'PASS' if ok else 'FAIL'}] {name}: {shown}")
@@ -116,23 +106,13 @@ class Run:
             "failures": failures,
             "elapsed_s": round(self.elapsed(), 2),
         }
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        os.replace(tmp, self.path)
+        harness.write_result(self.path, self.data)
 
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3g}"
     return str(v)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-# ---------------------------------------------------------------------------------------------- inputs
 
 
 def make_mask(batch: int, length: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -220,7 +200,7 @@ def check_exact(run: Run, name: str, data: dict, precision: str, device: torch.d
         ref = heads.reference_max_logits(f, m, w, b)
         out = heads.max_pooled_logits(f, m, w, b, precision)
         truth = heads.reference_max_logits(f.double(), m, w.double(), b.double())
-    sync(device)
+    harness.synchronize(device)
     if precision == "fp32":
         cmp = compare(out, ref, **VALUE_TOL)
     else:  # exact where positive; non-positive values may be bf16-rounded but must stay non-positive
@@ -289,7 +269,7 @@ def check_grad(run: Run, name: str, data: dict, precision: str, device: torch.de
             out = LOG1(head(leaves[0], m, leaves[1], leaves[2]))
         (out * up).sum().backward()
         results.append([out.detach(), *(t.grad for t in leaves)])
-    sync(device)
+    harness.synchronize(device)
     (out_a, *grads_a), (out_b, *grads_b) = results
     parts = {"values": compare(out_a, out_b, **VALUE_TOL)}
     for part, ga, gb in zip(("features", "weight", "bias"), grads_a, grads_b, strict=True):
@@ -319,7 +299,7 @@ def check_tf32(run: Run, name: str, data: dict) -> None:
     entry: dict[str, Any] = {"name": f"info/tf32/{name}", "restored": torch.get_float32_matmul_precision()}
     for label, out in {**{f"fused_{p}": o for p, o in outs.items()}, "reference_tf32": ref_tf32}.items():
         cmp = compare(torch.relu(out), torch.relu(ref), **VALUE_TOL)
-        entry[label] = {k: fnum(v) for k, v in cmp.items()}
+        entry[label] = {k: harness.json_number(v) for k, v in cmp.items()}
     run.data["info"].append(entry)
     log(
         f"  [info] tf32/{name}: "
@@ -329,34 +309,6 @@ def check_tf32(run: Run, name: str, data: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- benchmarks
-
-
-def timed(fn: Callable[[], Any], device: torch.device, warmup: int, reps: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(reps):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def peak_extra_mib(fn: Callable[[], Any], device: torch.device) -> tuple[float | None, float | None]:
-    """(peak above what was allocated before, absolute peak) in MiB, CUDA only."""
-    if device.type != "cuda":
-        fn()
-        return None, None
-    sync(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    fn()
-    sync(device)
-    peak = torch.cuda.max_memory_allocated(device)
-    return (peak - base) / 2**20, peak / 2**20
 
 
 def bench_case(run: Run, shape: str, data: dict, impl: str, device: torch.device, warmup: int, reps: int) -> dict:
@@ -383,21 +335,21 @@ def bench_case(run: Run, shape: str, data: dict, impl: str, device: torch.device
         "vocab": w.shape[0],
     }
     try:
-        fwd = timed(forward, device, warmup, reps)
+        fwd = harness.repeated(forward, device, warmup, reps)
         row["fwd_ms"] = statistics.median(fwd) * 1e3
         row["fwd_ms_min"] = min(fwd) * 1e3
         row["docs_per_s"] = f.shape[0] / statistics.median(fwd)
-        row["fwd_peak_extra_mib"], row["fwd_peak_mib"] = peak_extra_mib(forward, device)
-        stp = timed(step, device, warmup, reps)
+        row["fwd_peak_extra_mib"], row["fwd_peak_mib"] = harness.cuda_peak_mib(forward, device)
+        stp = harness.repeated(step, device, warmup, reps)
         row["step_ms"] = statistics.median(stp) * 1e3
         row["step_ms_min"] = min(stp) * 1e3
         for t in leaves:  # so the peak above the inputs counts this step's gradients, not the last one's
             t.grad = None
-        row["step_peak_extra_mib"], row["step_peak_mib"] = peak_extra_mib(step, device)
+        row["step_peak_extra_mib"], row["step_peak_mib"] = harness.cuda_peak_mib(step, device)
         if impl == "fused_bf16":  # the tiled bf16 GEMM + max alone: the rest is the per-document loops
             pad_free = f.bfloat16()
             wb = w.bfloat16()
-            search = timed(lambda: heads._tiled_max(pad_free, wb), device, warmup, reps)
+            search = harness.repeated(lambda: heads._tiled_max(pad_free, wb), device, warmup, reps)
             row["search_only_ms"] = statistics.median(search) * 1e3
     except torch.cuda.OutOfMemoryError as exc:
         row["error"] = f"OutOfMemoryError: {str(exc)[:200]}"
@@ -448,7 +400,7 @@ def add_ratios(rows: list[dict]) -> None:
 def run_model(run: Run, args, device: torch.device, num_docs: int, batch: int, length: int) -> None:
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from src.encoders import mlm_features
+    from src.model.encoders import mlm_features
 
     info: dict[str, Any] = {"path": str(args.model)}
     run.data["model"] = info
@@ -550,7 +502,7 @@ def run_model(run: Run, args, device: torch.device, num_docs: int, batch: int, l
     docs = sum(ids.shape[0] for ids, _ in batches)
     enc_rows = {}
     for kind in ("fp32", "bf16", "reference"):
-        times = timed(lambda kind=kind: encode(kind), device, 1, 3)
+        times = harness.repeated(lambda kind=kind: encode(kind), device, 1, 3)
         enc_rows[kind] = docs / statistics.median(times)
     info["encode_docs_per_s"] = {k: round(v, 1) for k, v in enc_rows.items()}
     log("  model encode docs/s: " + ", ".join(f"{k} {v:.0f}" for k, v in enc_rows.items()))

@@ -9,10 +9,14 @@ resident memory it takes, and the rate of random single-item reads (what a shuff
 
 import argparse
 import random
-import resource
-import time
+import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python benchmarks/prepared_scale.py`: the root holds benchmarks/harness.py
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import harness
 from src.data.groups import GroupRecord, Manifest, PreparedSet, write_shard
 
 WORDS = ["the", "of", "and", "to", "in", "a", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on"]
@@ -37,33 +41,28 @@ def build(folder: Path, groups: int, shard_size: int = 10_000) -> None:
     Manifest(2, ["ce"], shards, {"synthetic": {"groups": groups}}, {}).save(folder)
 
 
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--groups", type=int, default=500_000)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/prepared_scale"))
     args = parser.parse_args()
     if not (args.dir / "manifest.json").is_file():
-        start = time.perf_counter()
-        build(args.dir, args.groups)
-        print(f"wrote {args.groups:,} groups in {time.perf_counter() - start:.1f} s", flush=True)
+        seconds, _ = harness.timed(lambda: build(args.dir, args.groups))
+        print(f"wrote {args.groups:,} groups in {seconds:.1f} s", flush=True)
     size = sum(p.stat().st_size for p in args.dir.glob("*.jsonl")) / 2**20
-    before = rss_mib()
-    start = time.perf_counter()
-    prepared = PreparedSet(args.dir)
-    opened = time.perf_counter() - start
+    before = harness.maxrss_mib()
+    opened, prepared = harness.timed(lambda: PreparedSet(args.dir))
     rng = random.Random(1)
     picks = [rng.randrange(len(prepared)) for _ in range(20_000)]
-    start = time.perf_counter()
-    for i in picks:
-        prepared[i]
-    reads = len(picks) / (time.perf_counter() - start)
+
+    def read_picks() -> None:
+        for i in picks:
+            prepared[i]
+
+    reads = len(picks) / harness.timed(read_picks)[0]
     print(
         f"{len(prepared):,} groups, {size:,.0f} MiB of shards: opened (SHA-256 checked) in {opened:.1f} s, "
-        f"peak RSS {before:,.0f} -> {rss_mib():,.0f} MiB; {reads:,.0f} random reads/s",
+        f"peak RSS {before:,.0f} -> {harness.maxrss_mib():,.0f} MiB; {reads:,.0f} random reads/s",
         flush=True,
     )
 

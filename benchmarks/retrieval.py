@@ -1,12 +1,12 @@
 """Exact top-k sparse retrieval over a synthetic corpus (1M documents by default, any size with --docs):
-`src.retrieval.search` against a straightforward scipy product and the BMP engine, queries per second
+`src.retrieval.engine.search` against a straightforward scipy product and the BMP engine, queries per second
 and peak memory of each.
 
 Run: `.venv/bin/python benchmarks/retrieval.py` (or `make bench-retrieval`; BEIR-13's largest corpora:
 `make bench-retrieval ARGS="--docs 5400000"`); `--help` lists the knobs.
 
 Synthetic data (fixed seed, written once as one of our index folders under `.cache/retrieval_bench/`,
-chunk by chunk through `src.index.index_writer`, so neither generation nor search holds the corpus):
+chunk by chunk through `src.retrieval.index.index_writer`, so neither generation nor search holds the corpus):
 
 * Vocabulary of V = 30,522 ids (BERT's). Term popularity is Zipf-Mandelbrot over ranks,
   p(r) ~ (r + b)^-a with a = 1 and shift b = 40, the ranks mapped to ids by a fixed random permutation.
@@ -27,7 +27,7 @@ chunk by chunk through `src.index.index_writer`, so neither generation nor searc
 Each measurement runs in its own subprocess, so peak memory (VmHWM from /proc/self/status: the process's peak
 resident set, pages of memory-mapped files included) is the method's own. Every method opens the corpus
 memory-mapped from the index folder (`SparseIndex.load(mmap=True)`; `--in-memory` reads it in). "Loaded" is
-the resident set just before the timed call: imports (torch comes with `src.retrieval`; every method imports
+the resident set just before the timed call: imports (torch comes with `src.retrieval.engine`; every method imports
 it), the ids, the queries and the corpus pages read so far. The timed call is the whole `search` for ours; for
 scipy, `Q @ D.T` over the whole corpus for all its queries at once, then a top-k per row and the same query id
 -> {doc id: score} dicts. Its sparse score matrix holds about nq x nd x (1 - e^-FLOPS) entries, 8 bytes each
@@ -49,7 +49,6 @@ import importlib.util
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,6 +58,11 @@ import numpy as np
 import scipy.sparse as sp
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python benchmarks/retrieval.py`: the root holds benchmarks/harness.py
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import harness
+
 V = 30_522
 QUANT_STEPS = 50  # document weights are multiples of 1/50: an engine's 8-bit index holds them exactly
 GEN_CHUNK = 100_000  # documents generated and written at a time
@@ -117,9 +121,9 @@ def quantise(weights: np.ndarray) -> np.ndarray:
 
 
 def generate(folder: Path, args: argparse.Namespace) -> None:
-    """Writes the corpus as an index folder (`src.index.index_writer`, GEN_CHUNK documents at a time, so
+    """Writes the corpus as an index folder (`src.retrieval.index.index_writer`, GEN_CHUNK documents at a time, so
     generation never holds the corpus either) and the queries as queries.npz, as the docstring describes."""
-    from src.index import index_writer
+    from src.retrieval.index import index_writer
 
     rng = np.random.default_rng(args.seed)
     perm = rng.permutation(V)  # rank -> term id
@@ -136,7 +140,7 @@ def generate(folder: Path, args: argparse.Namespace) -> None:
             add(_csr(indices, counts, weights, V), [f"d{i}" for i in range(start, start + len(counts))])
             done = start + len(counts)
             rate = done / (time.perf_counter() - started)
-            print(f"generated {done:,}/{args.docs:,} documents ({rate:,.0f}/s)", file=sys.stderr, flush=True)
+            harness.log(f"generated {done:,}/{args.docs:,} documents ({rate:,.0f}/s)")
 
     idf = np.log1p((args.docs - df + 0.5) / (df + 0.5)).astype(np.float32)
     p_q = p * rng.lognormal(0.0, 0.5, V)
@@ -164,21 +168,12 @@ def corpus_folder(args: argparse.Namespace) -> Path:
 def load_corpus(folder: Path, num_queries: int, mmap: bool = True) -> tuple[sp.csr_matrix, list[str], sp.csr_matrix]:
     """(docs (num_docs, V) CSR, memory-mapped or read into memory, doc ids, the first num_queries queries
     (n, V) CSR)."""
-    from src.index import SparseIndex
+    from src.retrieval.index import SparseIndex
 
     index = SparseIndex.load(folder / "index", verify=False, mmap=mmap)
     with np.load(folder / "queries.npz") as q:
         queries = sp.csr_matrix((q["data"], q["indices"], q["indptr"]), shape=(len(q["indptr"]) - 1, V))
     return index.matrix, index.doc_ids, queries[:num_queries]
-
-
-def mem_mib(field: str = "VmHWM") -> float:
-    """A field of /proc/self/status in MiB: VmHWM the peak resident set, VmRSS the current one, RssAnon /
-    RssFile its private memory / its pages of mapped files (the memory-mapped corpus)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def scipy_search(
@@ -246,50 +241,51 @@ def top_arrays(results: dict[str, dict[str, float]], rows: int, k: int) -> tuple
     return docs, scores
 
 
-def run_child(args: argparse.Namespace) -> None:
-    """One measurement in this process; prints a JSON line and saves the top-k of the checked queries."""
-    sys.path.insert(0, str(ROOT))  # run as a script, benchmarks/ is on the path, the project root is not
-    from src.retrieval import search  # imported by every method (torch comes with it), so peaks compare
+def run_worker(spec: dict) -> None:
+    """One measurement in this process (spec: the run's settings, method, k, topk and out paths): writes its
+    record to spec["out"] and the top-k of the checked queries to spec["topk"]."""
+    from src.retrieval.engine import search  # imported by every method (torch comes with it), so peaks compare
 
+    args = argparse.Namespace(**spec)
+    args.cache_dir, args.topk = Path(args.cache_dir), Path(args.topk)
+    args.bmp_path = Path(args.bmp_path) if args.bmp_path else None
     folder = corpus_folder(args)
-    n = args.scipy_queries if args.child == "scipy" else args.queries
+    n = args.scipy_queries if args.method == "scipy" else args.queries
     docs, doc_ids, queries = load_corpus(folder, n, mmap=not args.in_memory)
     query_ids = [f"q{i}" for i in range(n)]
-    if args.child == "bmp-index":  # the engine's indexing, timed from our memory-mapped index
-        start = time.perf_counter()
-        bmp_index(docs, doc_ids, args.out)
-        seconds = time.perf_counter() - start
+    if args.method == "bmp-index":  # the engine's indexing, timed from our memory-mapped index
+        seconds, _ = harness.timed(lambda: bmp_index(docs, doc_ids, args.bmp_path))
         record = {"docs": len(doc_ids), "seconds": seconds, "docs_per_s": len(doc_ids) / seconds}
-        print(json.dumps({**record, "peak_mib": mem_mib(), "bytes": args.out.stat().st_size}), flush=True)
+        record |= {"peak_mib": harness.proc_status_mib("VmHWM"), "bytes": args.bmp_path.stat().st_size}
+        harness.write_result(Path(args.out), record)
         return
-    loaded_mib = mem_mib("VmRSS")  # imports, the mapped corpus's pages read so far, queries and ids
-    start = time.perf_counter()
-    if args.child == "scipy":
-        results = scipy_search(queries, docs, query_ids, doc_ids, args.k)
-    elif args.child == "bmp":
-        results = bmp_search(queries, query_ids, args.bmp_path, args.k)
+    loaded_mib = harness.proc_status_mib("VmRSS")  # imports, the mapped corpus's pages read so far, queries and ids
+    if args.method == "scipy":
+        seconds, results = harness.timed(lambda: scipy_search(queries, docs, query_ids, doc_ids, args.k))
+    elif args.method == "bmp":
+        seconds, results = harness.timed(lambda: bmp_search(queries, query_ids, args.bmp_path, args.k))
     else:
-        results = search(queries, docs, query_ids, doc_ids, k=args.k, **json.loads(args.search_kwargs))
-    seconds = time.perf_counter() - start
+        kwargs = json.loads(args.search_kwargs)
+        seconds, results = harness.timed(lambda: search(queries, docs, query_ids, doc_ids, k=args.k, **kwargs))
     top_docs, top_scores = top_arrays(results, min(args.check_queries, n), args.k)
-    np.savez(args.out, docs=top_docs, scores=top_scores)
+    np.savez(args.topk, docs=top_docs, scores=top_scores)
     record = {
         "queries": n,
         "seconds": seconds,
         "qps": n / seconds,
-        "peak_mib": mem_mib("VmHWM"),
+        "peak_mib": harness.proc_status_mib("VmHWM"),
         "loaded_mib": loaded_mib,
         # At the end: private memory, and pages of the memory-mapped corpus, which the kernel can drop again
-        "anon_mib_after": mem_mib("RssAnon"),
-        "file_mib_after": mem_mib("RssFile"),
+        "anon_mib_after": harness.proc_status_mib("RssAnon"),
+        "file_mib_after": harness.proc_status_mib("RssFile"),
     }
-    if args.child == "bmp":  # (untimed) is a disagreement BMP's query grid? Then ours on that grid agrees.
+    if args.method == "bmp":  # (untimed) is a disagreement BMP's query grid? Then ours on that grid agrees.
         checked = min(args.check_queries, n)
         gridded = search(bmp_query_grid(queries[:checked]), docs, query_ids[:checked], doc_ids, k=args.k)
         record["overlap_at_10_on_its_query_grid"] = float(
             np.mean([len(set(list(gridded[q])[:10]) & set(list(results[q])[:10])) / 10 for q in gridded])
         )
-    print(json.dumps(record), flush=True)
+    harness.write_result(Path(args.out), record)
 
 
 def bmp_query_grid(queries: sp.csr_matrix) -> sp.csr_matrix:
@@ -302,18 +298,16 @@ def bmp_query_grid(queries: sp.csr_matrix) -> sp.csr_matrix:
     return out
 
 
-def measure(args: argparse.Namespace, method: str, k: int, out: Path, bmp_path: Path | None = None) -> dict:
-    """Runs one measurement in a fresh subprocess and returns its record."""
-    cmd = [sys.executable, __file__, "--child", method, "--k", str(k), "--out", str(out)]
-    for name in ("docs", "queries", "scipy_queries", "check_queries", "zipf_a", "zipf_shift", "seed", "cache_dir"):
-        cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    cmd += ["--search-kwargs", args.search_kwargs] + (["--in-memory"] if args.in_memory else [])
-    if bmp_path is not None:
-        cmd += ["--bmp-path", str(bmp_path)]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if done.returncode != 0:
-        return {"error": f"exit {done.returncode}: {done.stderr.strip()[-2000:]}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+SETTINGS = ("docs", "queries", "scipy_queries", "check_queries", "zipf_a", "zipf_shift", "seed", "search_kwargs")
+
+
+def measure(args: argparse.Namespace, method: str, k: int, topk: Path, bmp_path: Path | None = None) -> dict:
+    """Runs one measurement in a fresh interpreter (`harness.spawn`) and returns its record."""
+    spec = {name: getattr(args, name) for name in SETTINGS}
+    spec |= {"in_memory": args.in_memory, "cache_dir": str(args.cache_dir), "method": method, "k": k}
+    spec |= {"task": f"retrieval k={k}", "impl": method}  # how harness.spawn names a failed worker
+    spec |= {"topk": str(topk), "bmp_path": str(bmp_path) if bmp_path else None}
+    return harness.spawn(__file__, spec, topk.with_suffix(".json"))
 
 
 def same_top_k(ours: Path, theirs: Path) -> bool:
@@ -341,14 +335,6 @@ def versions() -> dict[str, str]:
         with contextlib.suppress(PackageNotFoundError):
             found[name] = version(name)
     return found
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        return platform.processor()
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "")
 
 
 def default_output(docs: int) -> Path:
@@ -385,21 +371,17 @@ def main() -> None:
     parser.add_argument("--in-memory", action="store_true", help="read the corpus into memory, not memory-mapped")
     parser.add_argument("--output", type=Path, help="default: results_retrieval.json at 1M, _5m.json at 5.4M, ...")
     parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "retrieval_bench", help="generated corpora")
-    parser.add_argument("--child", choices=[*METHODS, "bmp-index"], help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--bmp-path", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # JSON spec of one measurement (`measure`)
     args = parser.parse_args()
+    if args.worker:
+        run_worker(json.loads(args.worker))
+        return
     args.scipy_queries = min(args.scipy_queries or args.queries, args.queries)
     args.check_queries = min(args.check_queries, args.scipy_queries, args.queries)
-    if args.child:
-        args.k = args.k[0]
-        run_child(args)
-        return
     if "bmp" in args.methods and importlib.util.find_spec("bmp") is None:
         parser.error("--methods bmp needs the engine: pip install bmp (or leave bmp out of --methods)")
     output = args.output or default_output(args.docs)
 
-    sys.path.insert(0, str(ROOT))
     folder = corpus_folder(args)  # generate (or find in the cache) once, before any timing
     docs, _, queries = load_corpus(folder, args.queries)
     p_d = np.bincount(docs.indices, minlength=V) / docs.shape[0]  # (V,)
@@ -426,14 +408,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.cache_dir) as tmp:  # beside the corpus: BMP's index is as large
         bmp_path = Path(tmp) / "index.bmp"
         if "bmp" in args.methods:
-            engine["bmp_index"] = measure(args, "bmp-index", 0, bmp_path)
-            print(f"bmp index: {engine['bmp_index']}", file=sys.stderr, flush=True)
+            engine["bmp_index"] = measure(args, "bmp-index", 0, Path(tmp) / "bmp-index.npz", bmp_path)
+            harness.log(f"bmp index: {engine['bmp_index']}")
         for k in args.k:
             outs = {m: Path(tmp) / f"{m}-{k}.npz" for m in args.methods}
             row = {"k": k}
             for method in args.methods:
                 row[method] = measure(args, method, k, outs[method], bmp_path if method == "bmp" else None)
-                print(f"k={k} {method}: {row[method]}", file=sys.stderr, flush=True)
+                harness.log(f"k={k} {method}: {row[method]}")
             ok = {m for m in args.methods if "error" not in row[m]}
             if {"ours", "scipy"} <= ok:
                 row["same_top_k"] = same_top_k(outs["ours"], outs["scipy"])
@@ -453,7 +435,7 @@ def main() -> None:
         ),
         "machine": {
             "cpu_count": os.cpu_count(),
-            "cpu_model": cpu_model(),
+            "cpu_model": harness.cpu_model(),
             "platform": platform.platform(),
             "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
             "load_average_before": load_before,  # other work on a shared machine shows up here
@@ -466,7 +448,7 @@ def main() -> None:
         "engine": engine,
         "runs": runs,
     }
-    output.write_text(json.dumps(result, indent=2) + "\n")
+    harness.write_result(output, result)
     print(table(result))
     print(f"results: {output}")
 

@@ -28,13 +28,14 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from src.activations import ACTIVATIONS, MAX_LOG_APPLICATIONS
+from src.data import msmarco
 from src.data.beir import BEIR_DATASETS, dataset_dir
 from src.data.mining import NEGATIVES_FROM
-from src.export import model_folder
-from src.heads import PRECISIONS
-from src.losses import LOSSES
-from src.schedules import LAMBDA_SCHEDULES
+from src.model.activations import ACTIVATIONS, MAX_LOG_APPLICATIONS
+from src.model.formats import model_folder
+from src.model.heads import PRECISIONS
+from src.model.losses import LOSSES
+from src.model.schedules import LAMBDA_SCHEDULES
 from src.teachers import NORMALISATIONS, TeacherSpec
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -50,7 +51,7 @@ SET_BY_TRAIN = {
     "logger": "choose the logger group (logger=csv, logger=null)",
     "default_root_dir": "set paths.output_dir",
 }
-MSMARCO_FORMATS = (None, "hard_negatives", "bert_ensemble")  # src/data/msmarco.py's converters
+MSMARCO_FORMATS = (None, *msmarco.FORMATS)  # null: no MS MARCO source
 
 
 class ConfigError(ValueError):

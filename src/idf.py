@@ -8,24 +8,12 @@ file for its sources; train from a given one with `python -m src.train query.idf
 """
 
 import argparse
-from collections.abc import Iterable
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from src.data.beir import load_corpus
-from src.data.msmarco import iter_id_text_tsv
-from src.encoders import compute_idf, load_tokenizer, save_idf
-
-
-def corpus_texts(path: Path) -> Iterable[str]:
-    if path.is_dir():
-        path = path / "corpus.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such corpus (give a BEIR folder, a corpus.jsonl or an id<TAB>text file)")
-    if path.name.endswith(".jsonl"):
-        return load_corpus(path).values()
-    return (text for _, _, text in iter_id_text_tsv(path))
+from src.data.corpus import corpus_texts
+from src.model.encoders import compute_idf, load_tokenizer, save_idf
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from src.activations import ACTIVATIONS, get_activation
+from src.model.activations import ACTIVATIONS, get_activation
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.encoders import compute_idf, load_tokenizer
+from src.model.encoders import compute_idf, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -79,7 +79,7 @@ def test_training_losses_agree(bench, data_dir):
 
 
 def test_load_mode_runs_ours_with_our_thread_defaults_and_peers_without(bench, monkeypatch):
-    """--load compares each implementation as its users run it: ours with src.runtime's THREAD_DEFAULTS (what
+    """--load compares each implementation as its users run it: ours with src.common.runtime's THREAD_DEFAULTS (what
     `import src` sets), HF and ST and the competing process without them, unless the caller set them."""
     monkeypatch.setattr(bench.runtime, "APPLIED", dict(bench.runtime.THREAD_DEFAULTS))  # as `import src` set them
     for name, value in bench.runtime.THREAD_DEFAULTS.items():

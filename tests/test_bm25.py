@@ -1,8 +1,8 @@
 import pytest
 
-from src.bm25 import bm25_search
 from src.data.beir import BeirDataset, load_beir
-from src.metrics import ranking_metrics
+from src.retrieval.bm25 import bm25_search
+from src.retrieval.metrics import ranking_metrics
 
 
 @pytest.mark.parametrize(("name", "beir_ndcg"), [("scifact", 0.665), ("nfcorpus", 0.325)])

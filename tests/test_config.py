@@ -8,7 +8,7 @@ import time
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-import src.train as train_module
+import src.training.run as train_module
 from src.config import (
     ConfigError,
     config_errors,
@@ -18,7 +18,7 @@ from src.config import (
     trainer_arguments,
     validate,
 )
-from src.train import train
+from src.training.run import train
 from tests.conftest import DATA_DIR, ROOT, compose_train
 
 GROUPS = sorted(p.name for p in (ROOT / "conf").iterdir() if p.is_dir() and p.name != "tools")

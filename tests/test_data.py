@@ -153,8 +153,8 @@ def test_sampler_resumed_at_any_batch_continues_the_same_order(lengths):
 def test_collator_passes_raw_teacher_scores_and_one_process_gets_the_per_batch_minmax_target():
     from src.data.groups import GroupRecord
     from src.data.module import GroupCollator
-    from src.encoders import load_tokenizer
-    from src.module import distillation_target
+    from src.model.encoders import load_tokenizer
+    from src.training.module import distillation_target
 
     scores = [  # three teachers on their own scales; "flat" carries no signal in this batch
         {"splade": [14.5, 9.25], "bm25": [31.0, 12.5], "flat": [1.0, 1.0]},

@@ -14,13 +14,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from src.common.distributed import gather_across_ranks, global_sum, world_size
 from src.data.module import LengthBucketSampler
-from src.distributed import gather_across_ranks, global_sum, world_size
-from src.encoders import DocEncoder
-from src.evaluate import evaluate
-from src.losses import get_loss
-from src.module import distillation_loss, distillation_target
+from src.model.encoders import DocEncoder
+from src.model.losses import get_loss
+from src.retrieval.evaluation import evaluate
 from src.teachers import combine
+from src.training.module import distillation_loss, distillation_target
 from tests.conftest import ROOT, compose_tool
 
 WORLD, N, G, DOC_LEN, VOCAB = 2, 3, 2, 24, 30522

@@ -12,12 +12,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import src.retrieval as retrieval
+import src.retrieval.engine as retrieval
 from src.data.beir import load_beir, subsample
-from src.encoders import DocEncoder, compute_idf, load_tokenizer
-from src.evaluate import evaluate
-from src.evaluation import EvalSettings, evaluate_dataset
-from src.retrieval import encode_documents
+from src.model.encoders import DocEncoder, compute_idf, load_tokenizer
+from src.retrieval.engine import encode_documents
+from src.retrieval.evaluation import EvalSettings, evaluate, evaluate_dataset
 from tests.conftest import ROOT, compose_tool
 
 WORLD = 2

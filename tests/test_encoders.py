@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from src.data.beir import load_beir
-from src.encoders import (
+from src.model.encoders import (
     DocEncoder,
     IdfQueryEncoder,
     bm25_idf,
@@ -93,7 +93,7 @@ def test_idf_json_round_trip_and_trainable_flag(tokenizer, tmp_path):
 
 def test_query_frequency_is_the_share_of_queries_holding_each_term_and_predicts_flops(tokenizer):
     """p_q(j) as the query encoder tokenises (repeats once, specials 0); with it, the expected multiply-adds per
-    query-document pair, sum_j p_q(j) p_d(j), is the FLOPS that src.retrieval.efficiency measures."""
+    query-document pair, sum_j p_q(j) p_d(j), is the FLOPS that src.retrieval.engine.efficiency measures."""
     queries = ["cancer cancer cells", "cancer risk", "heart disease", "cells"]
     freq = query_frequency(queries, tokenizer, max_length=64, batch_size=3)  # batches of 3 and 1
     cancer, cells, heart = tokenizer.convert_tokens_to_ids(["cancer", "cells", "heart"])
@@ -104,7 +104,7 @@ def test_query_frequency_is_the_share_of_queries_holding_each_term_and_predicts_
     idf = torch.ones(len(tokenizer))
     batch = tokenizer(queries, padding=True, return_tensors="pt")
     q = IdfQueryEncoder(idf, tokenizer.all_special_ids)(batch["input_ids"], batch["attention_mask"])  # (Q, V)
-    from src.retrieval import _to_csr, efficiency
+    from src.retrieval.engine import _to_csr, efficiency
 
     measured = efficiency(_to_csr(q), _to_csr(docs))["flops"]
     assert measured == pytest.approx(float(freq @ (docs != 0).float().mean(0)))
@@ -122,7 +122,7 @@ def test_the_papers_distilbert_architecture_encodes_backpropagates_and_round_tri
     from BERT's, and the fused max must still equal the full logits' max."""
     from transformers import DistilBertConfig, DistilBertForMaskedLM
 
-    from src.export import export_model, load_retriever
+    from src.model.formats import export_model, load_retriever
 
     torch.manual_seed(0)
     config = DistilBertConfig(vocab_size=30522, dim=64, n_layers=2, n_heads=2, hidden_dim=128)

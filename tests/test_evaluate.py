@@ -8,15 +8,14 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-import src.evaluation as evaluation
+import src.retrieval.evaluation as evaluation
 from src.config import ConfigError
 from src.data.beir import load_beir, subsample
-from src.encoders import DocEncoder, compute_idf, load_tokenizer
-from src.evaluate import evaluate
-from src.evaluation import EvalSettings, evaluate_dataset
-from src.export import export_model, load_retriever
-from src.index import SparseIndex, prune
-from src.search import IndexSearcher
+from src.model.encoders import DocEncoder, compute_idf, load_tokenizer
+from src.model.formats import export_model, load_retriever
+from src.retrieval.evaluation import EvalSettings, evaluate, evaluate_dataset
+from src.retrieval.index import SparseIndex, prune
+from src.retrieval.index_folder import IndexSearcher
 from src.search import main as search_main
 from tests.conftest import compose_tool
 
@@ -147,7 +146,7 @@ def test_prune_ratio_from_the_export_shortens_documents(exported, small_scifact,
 
 
 def test_index_folder_answers_typed_queries_with_matching_terms(exported, data_dir, tmp_path, capsys):
-    from src.index import build_index
+    from src.retrieval.index_folder import build_index
 
     folder, *_ = exported
     cfg = compose_tool(

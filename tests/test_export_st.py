@@ -11,15 +11,16 @@ import torch
 from sentence_transformers import SparseEncoder
 from torch import nn
 
-from src.activations import LOG1P_COUNTS
+from src.common.io import atomic_dir
 from src.config import ConfigError
 from src.data.beir import load_beir
-from src.encoders import DocEncoder, compute_idf
-from src.evaluation import query_vectors
-from src.export import Retriever, export, export_model, export_sentence_transformers, load_retriever
-from src.io import atomic_dir
-from src.retrieval import encode_documents
-from src.st_modules import Log1pSteps
+from src.model.activations import LOG1P_COUNTS
+from src.model.encoders import DocEncoder, compute_idf
+from src.model.export import export
+from src.model.formats import Retriever, export_model, export_sentence_transformers, load_retriever
+from src.model.st_modules import Log1pSteps
+from src.retrieval.engine import encode_documents
+from src.retrieval.evaluation import query_vectors
 from tests.conftest import compose_tool
 
 RTOL = 1e-4
@@ -49,7 +50,8 @@ def splade_tiny(texts) -> tuple[Retriever, torch.Tensor]:
 
 
 def our_vectors(encoder: DocEncoder, tokenizer, idf: torch.Tensor, texts, max_length: int) -> tuple[np.ndarray, ...]:
-    """(Q, V) query and (D, V) document vectors through evaluation's own encoders (src.evaluation, src.retrieval)."""
+    """(Q, V) query and (D, V) document vectors through evaluation's own encoders (src.retrieval.evaluation,
+    src.retrieval.engine)."""
     queries, docs = texts
     q = query_vectors("inference_free", queries, tokenizer, idf=idf)  # (Q, V) CSR
     d = encode_documents(encoder, tokenizer, docs, max_length=max_length, progress=False)  # (D, V) CSR
@@ -96,7 +98,7 @@ def test_sparse_encoder_scores_equal_ours(activation, splade_tiny, texts, tmp_pa
 
     document_route = model[0].sub_modules["document"]
     assert type(document_route[-1]).__name__ == ("Log1pSteps" if needs_our_module else "SpladePooling")
-    if needs_our_module:  # loaded from the folder's own copy of src/st_modules.py, not from this project
+    if needs_our_module:  # loaded from the folder's own copy of src/model/st_modules.py, not from this project
         assert type(document_route[-1]).__module__.startswith("transformers_modules")
         assert (folder / "st_modules.py").read_text() == Path(inspect.getfile(Log1pSteps)).read_text()
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from src.activations import get_activation
-from src.encoders import DocEncoder, load_tokenizer, mlm_features
-from src.heads import max_pooled_logits, native_bf16, reference_max_logits, search_dtype
+from src.model.activations import get_activation
+from src.model.encoders import DocEncoder, load_tokenizer, mlm_features
+from src.model.heads import max_pooled_logits, native_bf16, reference_max_logits, search_dtype
 
 PRECISIONS = ["fp32", "bf16"]
 
@@ -124,7 +124,7 @@ def test_auto_precision_follows_the_hardware():
 
 def test_bf16_error_bound_holds_on_real_features(scifact_batch):
     """The margin that picks which terms to recompute: |bf16 logit - fp32 logit| <= error * ||h|| * ||w||."""
-    from src.heads import _BF16_ERROR
+    from src.model.heads import _BF16_ERROR
 
     encoder = DocEncoder.from_pretrained(None, "log1").eval()
     with torch.no_grad():

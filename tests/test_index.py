@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from src.index import CorruptIndex, SparseIndex, index_writer
-from src.retrieval import search
+from src.retrieval.engine import search
+from src.retrieval.index import CorruptIndex, SparseIndex, index_writer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from src.losses import LOSSES, get_loss
+from src.model.losses import LOSSES, get_loss
 
 
 def test_kl_by_hand():

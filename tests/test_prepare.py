@@ -8,13 +8,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from src import prepare as prepare_module
 from src.config import ConfigError
+from src.data import prepare as prepare_module
 from src.data.beir import DataError
 from src.data.groups import MANIFEST, PreparedSet
 from src.data.module import DistillationDataModule
-from src.encoders import load_tokenizer
-from src.prepare import prepare
+from src.data.prepare import prepare
+from src.model.encoders import load_tokenizer
 from src.teachers import combine
 from tests.conftest import ROOT
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from src.regularizers import masked_flops
+from src.model.regularizers import masked_flops
 
 # N=2 queries x G=2 slots x V=3 terms. Non-zeros per document: [[2, 1], [3, 1]].
 DOCS = torch.tensor(

@@ -1,4 +1,5 @@
-"""The results table, frontier and curves (src/report.py) on hand-written results, and the notebook on real runs."""
+"""The results table, frontier and curves (src/experiments/report.py) on hand-written results, and the notebook on
+real runs."""
 
 import json
 import os
@@ -8,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src import report
+from src.experiments import report
+from src.report import main as report_main
 from tests.conftest import ROOT, compose_train
 
 NOTEBOOK = ROOT / "notebooks" / "frontier.ipynb"
@@ -26,7 +28,7 @@ def write_run(
     metrics: str | None = None,
     dev: dict | None = None,
 ) -> Path:
-    """A results.json as src/train.py writes it (evals: dataset -> (ndcg@10, flops, doc_len); dev: dataset ->
+    """A results.json as src/training/run.py writes it (evals: dataset -> (ndcg@10, flops, doc_len); dev: dataset ->
     ndcg@10 on the dev split)."""
     evals = {"scifact": (0.6, 1.0, 90.0), "nfcorpus": (0.3, 0.5, 100.0)} if evals is None else evals
     results = {
@@ -64,7 +66,7 @@ def write_run(
 def write_reference(
     folder: Path, mode: str = "inference_free", evals: dict | None = None, prune_ratio: float | None = 0.0
 ) -> Path:
-    """A results.json as src/evaluate.py writes it; BM25 has no FLOPS / Doc_Len."""
+    """A results.json as src/retrieval/evaluation.py writes it; BM25 has no FLOPS / Doc_Len."""
     evals = {"scifact": (0.66, 2.1, 285.2), "nfcorpus": (0.31, 0.58, 296.6)} if evals is None else evals
     none = mode == "bm25"
     results = {
@@ -231,7 +233,7 @@ def test_cli_writes_table_frontier_curves_and_is_deterministic(sweep, tmp_path):
     metrics = "step,train/doc_len,train/masked_frac,train/loss\n0,200.5,0.0,\n0,,,1.2\n1,150.0,0.25,1.1\n"
     write_run(sweep / "runs" / "h", "log3", 100, 0.4, metrics=metrics)
     args = ["--runs", str(sweep / "runs"), "--reference", f"BM25={sweep / 'bm25'}", "--command", "make table"]
-    report.main([*args, "--reference", f"splade-tiny (Siamese, λ=as shipped)={sweep / 'tiny'}", "--out", "o1"])
+    report_main([*args, "--reference", f"splade-tiny (Siamese, λ=as shipped)={sweep / 'tiny'}", "--out", "o1"])
     assert "| splade-tiny (Siamese, λ=as shipped) |" in Path("o1/table.md").read_text()
     assert {p.name for p in Path("o1").iterdir()} == {"table.md", "frontier.png", "curves.png"}
 
@@ -246,7 +248,7 @@ def test_cli_writes_table_frontier_curves_and_is_deterministic(sweep, tmp_path):
     (other / "tiny").mkdir()
     (other / "tiny" / "results.json").write_text((sweep / "tiny" / "results.json").read_text())
     args = ["--runs", str(other / "runs"), "--reference", f"BM25={other / 'bm25'}", "--command", "make table"]
-    report.main([*args, "--reference", f"splade-tiny (Siamese, λ=as shipped)={other / 'tiny'}", "--out", "o2"])
+    report_main([*args, "--reference", f"splade-tiny (Siamese, λ=as shipped)={other / 'tiny'}", "--out", "o2"])
     for name in ("table.md", "frontier.png", "curves.png"):
         assert Path("o1", name).read_bytes() == Path("o2", name).read_bytes(), name
 
@@ -315,7 +317,7 @@ def test_reference_spec_and_committed_notebook_has_no_outputs(tmp_path):
 @pytest.fixture(scope="module")
 def real_runs(tmp_path_factory, data_dir, cache_dir) -> Path:
     """Two 4-step runs of splade-tiny on scifact, with and without the l0 mask."""
-    from src.train import train
+    from src.training.run import train
 
     runs = tmp_path_factory.mktemp("runs")
     for name, t in (("mask50", "mask.t=50"), ("flops", "mask.t=null")):

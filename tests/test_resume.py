@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from src import module as module_mod
-from src.checkpoints import AtomicCheckpointIO, CorruptCheckpoint, checkpoints, latest_valid
 from src.config import ConfigError
-from src.train import train
+from src.training import module as module_mod
+from src.training.checkpoints import AtomicCheckpointIO, CorruptCheckpoint, checkpoints, latest_valid
+from src.training.run import train
 from tests.conftest import ROOT, compose_train
 
 SMOKE = ["debug=smoke", "seed=7", "trainer.max_steps=20"]

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from src import retrieval
-from src.metrics import ranking_metrics
-from src.retrieval import efficiency, plan_chunks, search
+import src.retrieval.engine as retrieval
+from src.retrieval.engine import efficiency, plan_chunks, search
+from src.retrieval.metrics import ranking_metrics
 
 
 def test_search_equals_brute_force_across_chunks():

@@ -1,6 +1,6 @@
 import pytest
 
-from src.schedules import lambda_at, threshold_at
+from src.model.schedules import lambda_at, threshold_at
 
 
 @pytest.mark.parametrize(

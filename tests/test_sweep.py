@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src import sweep as sweep_module
 from src.config import config_errors, validate
-from src.sweep import SweepError, build_points, grid, load_sweep, main, point_name, random_search, slurm_layout
+from src.experiments import sweep as sweep_module
+from src.experiments.sweep import SweepError, build_points, grid, load_sweep, point_name, random_search, slurm_layout
+from src.sweep import main
 from tests.conftest import ROOT, compose_train
 
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))

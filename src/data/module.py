@@ -86,7 +86,7 @@ class LengthBucketSampler(Sampler[list[int]]):
 
 class GroupCollator:
     """Tokenises a batch of groups and stacks its teachers' raw scores. They are combined into one target in the
-    training step (`src.module.distillation_target`): min-max normalised over the global batch of all ranks,
+    training step (`src.training.module.distillation_target`): min-max normalised over the global batch of all ranks,
     which a collator, seeing one rank's batch, cannot do."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, query_max_length: int):
@@ -121,7 +121,7 @@ class GroupCollator:
 
 
 class DistillationDataModule(L.LightningDataModule):
-    """Groups of a prepared set (src/prepare.py), read from disk item by item."""
+    """Groups of a prepared set (src/data/prepare.py), read from disk item by item."""
 
     def __init__(
         self,

@@ -30,11 +30,10 @@ from typing import IO, TYPE_CHECKING, NamedTuple
 
 from src.data.beir import DataError
 from src.data.groups import Candidate
+from src.data.sources import Source, SourceSpec
 
-if TYPE_CHECKING:  # src.prepare imports this module
+if TYPE_CHECKING:
     from omegaconf import DictConfig
-
-    from src.prepare import SourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +41,7 @@ CE_TEACHER = "cross-encoder/ms-marco-MiniLM-L-6-v2"  # the model behind the hard
 ENSEMBLE_TEACHER = "bert_cat_ensemble"
 MAX_WARNINGS = 5  # skipped items logged one by one per kind; the rest only in the final total
 TEXT_SKIPS = ("query_not_in_queries_file", "passage_not_in_collection")  # id-based sources, see _resolve_texts
+FORMATS = ("hard_negatives", "bert_ensemble")  # the values of `msmarco.format`: the converters of source_spec
 
 # Where the inputs are published (repo id, filename), keyed by the config key that takes a local file instead.
 # As published at the time of writing: checked against the dataset's file listing and README on the hub and
@@ -429,10 +429,8 @@ def _input(cfg, name: str) -> Path:
     raise FileNotFoundError(f"{key}: set it to the local file; it is published at {DOWNLOADS[key]}")
 
 
-def source_spec(cfg: "DictConfig") -> "SourceSpec":
+def source_spec(cfg: "DictConfig") -> SourceSpec:
     """The `msmarco` block of `src.prepare`'s config as a source: `msmarco.format` picks the converter."""
-    from src.prepare import Source, SourceSpec
-
     fmt = cfg.msmarco.format
     if fmt == "hard_negatives":
         files = {k: _input(cfg, k) for k in ("hard_negatives", "ce_scores", "collection", "queries")}

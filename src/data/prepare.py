@@ -1,4 +1,4 @@
-"""Build a distillation training set on disk: `python -m src.prepare datasets=[scifact,nfcorpus] paths.output_dir=DIR`.
+"""Build a distillation training set on disk (`prepare(cfg)`): what `python -m src.prepare` and `src.train` run.
 
 Sources (any mix): BEIR-layout train splits (`datasets`, BM25 hard negatives mined here), MS MARCO style
 triples files (`triples`), and the public MS MARCO distillation data (`msmarco`, see src/data/msmarco.py).
@@ -12,24 +12,24 @@ continues with the first missing shard, and the result is byte-identical to an u
 import fcntl
 import json
 import logging
-import shutil
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from src.common.io import atomic_write_json
 from src.config import ConfigError
+from src.data import msmarco
 from src.data.beir import DEV_FRACTION, DEV_SEED, BeirDataset, dataset_dir, load_beir, qrels_file, subsample
 from src.data.groups import MANIFEST, Candidate, GroupRecord, Manifest, ShardInfo, sha256_file, write_shard
 from src.data.mining import NEGATIVES_FROM, Ranker, bm25_candidates, ensemble_ranker, mine_groups
-from src.encoders import DocEncoder, IdfQueryEncoder, compute_idf, load_tokenizer, resolve_model, save_idf
-from src.index import fingerprint
-from src.io import atomic_write_json
-from src.retrieval import encode_documents, encode_queries, search
+from src.data.sources import Source, SourceSpec
+from src.model.encoders import DocEncoder, IdfQueryEncoder, compute_idf, load_tokenizer, resolve_model, save_idf
+from src.retrieval.engine import encode_documents, encode_queries, search
+from src.retrieval.index import fingerprint
 from src.teachers import PER_SOURCE, Teacher, TeacherSpec, build_teacher
 
 log = logging.getLogger(__name__)
@@ -42,24 +42,6 @@ SETTINGS = (
     "datasets", "split", "triples", "msmarco", "group_size", "negatives_from", "negatives_from_top", "teachers",
     "seed", "max_queries", "batch_size", "shard_size", "student",
 )  # fmt: skip
-
-
-@dataclass
-class Source:
-    name: str  # shard files are named after it
-    candidates: list[Candidate]
-    counts: dict[str, int]
-    corpus: Sequence[str]  # texts for corpus statistics (BM25 teacher)
-    idf_texts: Callable[[], Iterable[str]] | None = None  # the corpus for IDF when it is not `corpus`
-
-
-@dataclass
-class SourceSpec:
-    """A source before it is read: its input files key the set, so a finished set is found without mining."""
-
-    name: str
-    inputs: list[Path]
-    load: Callable[[], Source]
 
 
 def beir_source(cfg: DictConfig, name: str, teachers: "_Teachers | None" = None) -> SourceSpec:
@@ -112,16 +94,14 @@ def student_ranker(model: str | None, corpus: list[str], max_length: int = 256) 
 
 
 def triples_source(cfg: DictConfig, path: str) -> SourceSpec:
-    from src.data.msmarco import read_triples, triples_corpus
-
     if cfg.group_size != 2:
         raise ConfigError(f"group_size: a triples file gives groups of 2, got {cfg.group_size} (triples={path})")
     if not Path(path).is_file():
         raise ConfigError(f"triples: {path} does not exist")
 
     def load() -> Source:
-        candidates, counts = read_triples(Path(path), cfg.max_queries)
-        return Source(Path(path).stem, candidates, counts, triples_corpus(candidates))
+        candidates, counts = msmarco.read_triples(Path(path), cfg.max_queries)
+        return Source(Path(path).stem, candidates, counts, msmarco.triples_corpus(candidates))
 
     return SourceSpec(Path(path).stem, [Path(path)], load)
 
@@ -133,8 +113,6 @@ def source_specs(cfg: DictConfig, teachers: "_Teachers | None" = None) -> list[S
     found = [beir_source(cfg, name, teachers) for name in cfg.datasets]
     found += [triples_source(cfg, path) for path in cfg.triples]
     if cfg.msmarco.format:
-        from src.data import msmarco
-
         found.append(msmarco.source_spec(cfg))
     if not found:
         raise ConfigError("datasets / triples / msmarco.format: name at least one source")
@@ -305,16 +283,3 @@ def _print_counts(counts: dict[str, dict[str, int]], out: Path) -> None:
     lines = [f"{'':{width}}" + "".join(f"{name:>12}" for name in counts)]
     lines += [f"{k:{width}}" + "".join(f"{c.get(k, 0):>12}" for c in counts.values()) for k in keys]
     print("\n".join(lines) + f"\nprepared set: {out} (counts also in {MANIFEST})", flush=True)
-
-
-@hydra.main(version_base="1.3", config_path="../conf/tools", config_name="prepare")
-def main(cfg: DictConfig) -> None:
-    if cfg.paths.output_dir is None:
-        raise ConfigError("paths.output_dir: say where the prepared set goes")
-    if cfg.overwrite and Path(cfg.paths.output_dir).exists():
-        shutil.rmtree(cfg.paths.output_dir)
-    prepare(cfg)
-
-
-if __name__ == "__main__":
-    main()

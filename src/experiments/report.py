@@ -4,19 +4,16 @@
         --reference "splade-tiny (Siamese, as shipped)=results/runs/splade-tiny" --out results/
 
 writes `table.md`, `frontier.png` and `curves.png` under --out. The same functions feed notebooks/frontier.ipynb.
-A training run's results.json comes from src/train.py (status, config knobs, train, eval), a reference's from
-src/evaluate.py (config, eval); per-step metrics come from `<run>/metrics/metrics.csv`. Everything here is
-plain Python and matplotlib's object API (no pyplot, no global backend): PNGs render through Agg.
-"""
+A training run's results.json comes from src/training/run.py (status, config knobs, train, eval), a reference's
+from src/retrieval/evaluation.py (config, eval); per-step metrics come from `<run>/metrics/metrics.csv`.
+Everything here is plain Python and matplotlib's object API (no pyplot, no global backend): PNGs render through
+Agg."""
 
-import argparse
 import csv
 import json
 import logging
 import math
 import os
-import shlex
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -552,7 +549,7 @@ def training_curves(
 # ---------------------------------------------------------------- CLI
 
 
-def _date() -> str:
+def report_date() -> str:
     """Today (UTC), or SOURCE_DATE_EPOCH's date, so a rebuild can be byte-identical."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     return time.strftime("%Y-%m-%d", time.gmtime(int(epoch) if epoch else None))
@@ -592,41 +589,3 @@ def write_report(
         written["curves"] = out / "curves.png"
         training_curves(dirs, curve_metrics).savefig(written["curves"], dpi=120, metadata={"Software": None})
     return written
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m src.report", description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", nargs="+", default=[], metavar="DIR", help="run dirs, or folders of run dirs")
-    parser.add_argument(
-        "--reference", action="append", default=[], metavar="LABEL=DIR", help="a src.evaluate output dir"
-    )
-    parser.add_argument("--out", default="results", help="folder for table.md, frontier.png, curves.png")
-    parser.add_argument("--layout", choices=LAYOUTS, default="cpu-small")
-    parser.add_argument("--datasets", help="comma-separated; default: every dataset evaluated (paper: BEIR-13)")
-    parser.add_argument("--command", help="the command line to record in the table (default: this one)")
-    parser.add_argument("--date", help="the date to record (default: today UTC, or SOURCE_DATE_EPOCH's)")
-    parser.add_argument(
-        "--curves",
-        default="train/doc_len,train/masked_frac",
-        help="comma-separated metrics of metrics.csv to plot in curves.png, one panel each",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    command = args.command or shlex.join(["python", "-m", "src.report", *argv])
-    written = write_report(
-        args.runs,
-        [parse_reference(spec) for spec in args.reference],
-        args.out,
-        args.layout,
-        [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None,
-        command,
-        args.date or _date(),
-        [m.strip() for m in args.curves.split(",") if m.strip()],
-    )
-    print(written["table"].read_text())
-    print("\n".join(f"{kind}: {path}" for kind, path in written.items()))
-
-
-if __name__ == "__main__":
-    main()

@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = ROOT / "conf"
 METHODS = ("grid", "random")
 DISTRIBUTIONS = ("constant", "categorical", "uniform", "log_uniform_values", "int_uniform")
@@ -371,7 +371,7 @@ def _tee(cmd: list[str], env: dict[str, str], log: Path) -> int:
 
 def _train_job(group: str, cfg: Any) -> dict:
     """The task function each Hydra launcher job runs (in a worker process or a SLURM job)."""
-    from src.train import train
+    from src.training.run import train
 
     os.environ["WANDB_RUN_GROUP"] = group
     return train(cfg)
@@ -466,7 +466,7 @@ def prepare_first(points: Sequence[Point]) -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from src.train import prepared_set
+    from src.training.run import prepared_set
 
     seen = set()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -547,36 +547,13 @@ def failed(rows: Sequence[dict]) -> bool:
     return any(r["status"].startswith("failed") for r in rows)
 
 
-# --- the command line -----------------------------------------------------------------------------------------
+# --- python -m src.sweep ------------------------------------------------------------------------------------
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m src.sweep", description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep_file", type=Path, help="a W&B sweep file, e.g. sweeps/threshold.yaml")
-    parser.add_argument("--out", type=Path, default=Path("results/sweeps"), help="runs go to OUT/<sweep>/<point>")
-    parser.add_argument("--launcher", choices=LAUNCHERS, default="serial")
-    parser.add_argument("--jobs", type=int, help="parallel jobs of --launcher joblib (default: all cores)")
-    parser.add_argument(
-        "--extra",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="overrides appended to every point (trainer.max_steps=20); hydra.* ones go to the launcher",
-    )
-    parser.add_argument("--count", type=int, help="points of a random search (default: the file's run_cap)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of a random search's draws")
-    parser.add_argument("--dry-run", action="store_true", help="print one command line per point, run nothing")
-    args = parser.parse_args(argv)
-    if args.jobs is not None and (args.launcher != "joblib" or args.jobs < 1):
-        parser.error("--jobs N (N >= 1) goes with --launcher joblib")
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Exit codes: 0 every point ran to a results.json (finished, collapsed or diverged), 1 a point failed (no
+def run_sweep(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """What `python -m src.sweep` does with its parsed options (`argv`: its arguments, for the rerun hint).
+    Exit codes: 0 every point ran to a results.json (finished, collapsed or diverged), 1 a point failed (no
     results.json: an error, a crash), 2 a bad sweep file or option (nothing ran)."""
-    args = parse_args(argv)
     if args.launcher != "serial":  # jobs may start elsewhere (a SLURM node): give them absolute folders
         args.out = args.out.resolve()
     try:
@@ -595,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         failures = run(sweep, todo, args) if todo else {}
     except KeyboardInterrupt:
-        again = shlex.join(["python", "-m", "src.sweep", *(sys.argv[1:] if argv is None else argv)])
+        again = shlex.join(["python", "-m", "src.sweep", *argv])
         print(f"\ninterrupted: rerun `{again}` to continue where it stopped", file=sys.stderr)
         return 130
     rows = summarize(points, {p.name for p in points} - {p.name for p in todo}, failures)
@@ -613,12 +590,8 @@ def run(sweep: Sweep, points: Sequence[Point], args: argparse.Namespace) -> dict
 
 def _save(sweep: Sweep, out: Path, rows: Sequence[dict]) -> None:
     """summary.json and a copy of the sweep file beside the points, for the notebooks."""
-    from src.io import atomic_write_json, atomic_write_text
+    from src.common.io import atomic_write_json, atomic_write_text
 
     folder = Path(out) / sweep.name
     atomic_write_text(folder / "sweep.yaml", sweep.path.read_text(encoding="utf-8"))
     atomic_write_json(folder / "summary.json", list(rows))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

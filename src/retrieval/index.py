@@ -1,7 +1,8 @@
 """A sparse document index on disk: CSR arrays + doc ids + metadata, with checksums.
 
 The same format serves as the cache of encoded corpora (so evaluating a checkpoint twice does not
-re-encode) and as the index that `python -m src.index` builds and `python -m src.search` queries.
+re-encode) and as the index that `python -m src.index` builds and `python -m src.search` queries
+(src/retrieval/index_folder.py).
 """
 
 import hashlib
@@ -18,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from src.io import atomic_dir, atomic_write_json
+from src.common.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
 INDEX_FORMAT_VERSION = 1
@@ -173,66 +174,3 @@ class SparseIndex:
         arrays = [np.load(folder / f"{name}.npy", mmap_mode="r" if mmap else None) for name in _ARRAYS]
         matrix = sp.csr_matrix(tuple(arrays), shape=tuple(header["shape"]), copy=False)
         return cls(matrix, json.loads((folder / "doc_ids.json").read_text()), header["meta"])
-
-
-def build_index(cfg) -> Path | None:
-    """Encodes one dataset's corpus with a model into `<output_dir>/index`, with the tokenizer and the
-    IDF that `python -m src.search` needs to turn typed queries into vectors. (None on ranks other than 0.)"""
-    from src.data.beir import load_beir, subsample
-    from src.distributed import init_from_env, rank
-    from src.encoders import compute_idf, load_idf, save_idf
-    from src.evaluate import eval_device
-    from src.evaluation import EvalSettings, encode_corpus
-    from src.export import load_retriever
-
-    init_from_env()  # under torchrun the ranks share the encoding; rank 0 writes the index
-    retriever = load_retriever(cfg.model, cfg.activation, cfg.prune_ratio, cfg.head_precision)
-    retriever.doc_encoder.to(eval_device(cfg.device))
-    dataset = subsample(load_beir(cfg.paths.data_dir, cfg.dataset, cfg.split, cfg.download), None, cfg.max_docs)
-    settings = EvalSettings(
-        max_length=cfg.max_length,
-        tokens_per_batch=cfg.tokens_per_batch,
-        bf16=cfg.bf16,
-        cache_dir=Path(cfg.paths.cache_dir) if cfg.cache else None,
-    )
-    encoded = encode_corpus(retriever.doc_encoder, retriever.tokenizer, dataset, settings)
-    if rank() != 0:
-        return None
-    meta = {
-        **encoded.meta,
-        "model": retriever.source,
-        "prune_ratio": retriever.prune_ratio,
-        "corpus": str(Path(cfg.paths.data_dir) / cfg.dataset / "corpus.jsonl"),
-    }
-    folder = SparseIndex(prune(encoded.matrix, retriever.prune_ratio), encoded.doc_ids, meta).save(
-        Path(cfg.paths.output_dir) / "index"
-    )
-    if cfg.idf is not None:
-        idf = load_idf(Path(cfg.idf), retriever.tokenizer)
-    else:
-        idf = retriever.idf if retriever.idf is not None else compute_idf(dataset.corpus.values(), retriever.tokenizer)
-    save_idf(idf, retriever.tokenizer, folder / "idf.json")
-    retriever.tokenizer.save_pretrained(folder / "tokenizer")
-    log.info("index of %d documents, %d non-zeros: %s", encoded.matrix.shape[0], encoded.matrix.nnz, folder)
-    print(f'index: {folder}\nquery it: python -m src.search {folder} "your query"', flush=True)
-    return folder
-
-
-def main() -> None:
-    import hydra
-
-    from src.config import check_head_precision, resolve_output_dir  # also registers conf/tools' resolvers
-    from src.evaluate import eval_device
-
-    @hydra.main(version_base="1.3", config_path="../conf/tools", config_name="index")
-    def run(cfg) -> None:
-        check_head_precision("head_precision", cfg.head_precision)
-        eval_device(cfg.device)
-        resolve_output_dir(cfg)
-        build_index(cfg)
-
-    run()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,20 +1,24 @@
-"""Query a sparse index from the terminal: `python -m src.search DIR "query"` (no query: read lines from stdin).
+"""A searchable index folder: the sparse index of a corpus with the tokenizer and the IDF that turn typed queries
+into vectors. `build_index(cfg)` writes one (`python -m src.index`); `IndexSearcher` queries it
+(`python -m src.search`).
 
-Shows the top documents and, for each, the matching terms with query weight x document weight.
+    <output_dir>/index/   index.json + CSR arrays + doc ids (src/retrieval/index.py), idf.json, tokenizer/
 """
 
-import argparse
-import json
-import sys
+import logging
 from pathlib import Path
 
-import numpy as np
 import scipy.sparse as sp
 
-from src.data.beir import load_corpus
-from src.encoders import IdfQueryEncoder, load_idf, load_tokenizer
-from src.index import SparseIndex
-from src.retrieval import encode_queries, search
+from src.common import distributed
+from src.data.beir import load_beir, load_corpus, subsample
+from src.model.encoders import IdfQueryEncoder, compute_idf, load_idf, load_tokenizer, save_idf
+from src.model.formats import load_retriever
+from src.retrieval.engine import encode_queries, search
+from src.retrieval.evaluation import EvalSettings, encode_corpus, eval_device
+from src.retrieval.index import SparseIndex, prune
+
+log = logging.getLogger(__name__)
 
 
 class IndexSearcher:
@@ -64,25 +68,37 @@ class IndexSearcher:
             print("     " + "  ".join(f"{t} {qw:.2f}x{dw:.2f}" for t, qw, dw in hit["terms"][:8]))
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("index", type=Path, help="a folder written by `python -m src.index` (or its index/)")
-    parser.add_argument("query", nargs="*", help="the query; none: one query per line from stdin")
-    parser.add_argument("-k", "--top-k", type=int, default=10)
-    parser.add_argument("--json", action="store_true", help="print results as JSON lines")
-    args = parser.parse_args(argv)
-    searcher = IndexSearcher(args.index)
-    queries = [" ".join(args.query)] if args.query else (line.strip() for line in sys.stdin)
-    if not args.query and sys.stdin.isatty():
-        print("type a query and press enter (Ctrl-D to quit)", file=sys.stderr)
-    for query in queries:
-        if not query:
-            continue
-        if args.json:
-            print(json.dumps({"query": query, "hits": searcher.explain(query, args.top_k)}, default=np.float64))
-        else:
-            searcher.print_results(query, args.top_k)
-
-
-if __name__ == "__main__":
-    main()
+def build_index(cfg) -> Path | None:
+    """Encodes one dataset's corpus with a model into `<output_dir>/index`, with the tokenizer and the
+    IDF that `python -m src.search` needs to turn typed queries into vectors. (None on ranks other than 0.)"""
+    distributed.init_from_env()  # under torchrun the ranks share the encoding; rank 0 writes the index
+    retriever = load_retriever(cfg.model, cfg.activation, cfg.prune_ratio, cfg.head_precision)
+    retriever.doc_encoder.to(eval_device(cfg.device))
+    dataset = subsample(load_beir(cfg.paths.data_dir, cfg.dataset, cfg.split, cfg.download), None, cfg.max_docs)
+    settings = EvalSettings(
+        max_length=cfg.max_length,
+        tokens_per_batch=cfg.tokens_per_batch,
+        bf16=cfg.bf16,
+        cache_dir=Path(cfg.paths.cache_dir) if cfg.cache else None,
+    )
+    encoded = encode_corpus(retriever.doc_encoder, retriever.tokenizer, dataset, settings)
+    if distributed.rank() != 0:
+        return None
+    meta = {
+        **encoded.meta,
+        "model": retriever.source,
+        "prune_ratio": retriever.prune_ratio,
+        "corpus": str(Path(cfg.paths.data_dir) / cfg.dataset / "corpus.jsonl"),
+    }
+    folder = SparseIndex(prune(encoded.matrix, retriever.prune_ratio), encoded.doc_ids, meta).save(
+        Path(cfg.paths.output_dir) / "index"
+    )
+    if cfg.idf is not None:
+        idf = load_idf(Path(cfg.idf), retriever.tokenizer)
+    else:
+        idf = retriever.idf if retriever.idf is not None else compute_idf(dataset.corpus.values(), retriever.tokenizer)
+    save_idf(idf, retriever.tokenizer, folder / "idf.json")
+    retriever.tokenizer.save_pretrained(folder / "tokenizer")
+    log.info("index of %d documents, %d non-zeros: %s", encoded.matrix.shape[0], encoded.matrix.nnz, folder)
+    print(f'index: {folder}\nquery it: python -m src.search {folder} "your query"', flush=True)
+    return folder

@@ -115,7 +115,7 @@ def combine(
     A teacher whose scores are all equal in the batch (the query) carries no ranking signal: it normalises to 0.
     weights: teacher -> weight (default 1 each); they are divided by their sum.
     reduce_range: maps the teachers' (T,) minima and (T,) maxima over these scores to those over a larger batch
-    (under data parallelism, the global batch of all ranks: `src.distributed.global_range`); they come in sorted
+    (under data parallelism, the global batch of all ranks: `src.common.distributed.global_range`); they come in sorted
     name order, so processes holding the teachers in different orders still agree. None: this batch's own.
     """
     if normalize not in NORMALISATIONS:

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from src import bm25
+from src.retrieval import bm25
 
 
 class BM25Teacher:

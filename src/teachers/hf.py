@@ -20,7 +20,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from src.encoders import resolve_model
+from src.model.encoders import resolve_model
 
 POOLINGS = ("cls", "mean")
 SIMILARITIES = ("dot", "cos")

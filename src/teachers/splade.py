@@ -2,7 +2,7 @@
 
 import torch
 
-from src.encoders import DocEncoder, load_tokenizer
+from src.model.encoders import DocEncoder, load_tokenizer
 
 
 class SpladeTeacher:

@@ -20,7 +20,7 @@ import torch
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from src.io import atomic_write_bytes, atomic_write_text
+from src.common.io import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 PATTERN = re.compile(r"step=(\d+)\.ckpt$")

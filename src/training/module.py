@@ -8,11 +8,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from src.distributed import all_gather_objects, gather_across_ranks, global_range, global_sum, rank, world_size
-from src.encoders import DocEncoder, IdfQueryEncoder
-from src.losses import get_loss
-from src.regularizers import masked_flops
-from src.schedules import lambda_at, threshold_at
+from src.common.distributed import all_gather_objects, gather_across_ranks, global_range, global_sum, rank, world_size
+from src.model.encoders import DocEncoder, IdfQueryEncoder
+from src.model.losses import get_loss
+from src.model.regularizers import masked_flops
+from src.model.schedules import lambda_at, threshold_at
 from src.teachers import combine
 
 

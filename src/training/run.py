@@ -1,4 +1,5 @@
-"""Train an inference-free sparse retriever, then evaluate it on BEIR: `python -m src.train`."""
+"""A training run (`train(cfg)`, what `python -m src.train` runs): train an inference-free sparse retriever, export it,
+evaluate it on BEIR and write results.json."""
 
 import json
 import logging
@@ -13,19 +14,19 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
-from src.checkpoints import AtomicCheckpointIO, SaveThenRequeue, StepCheckpoint, latest_valid
+from src.common.io import atomic_write_json, atomic_write_text
 from src.config import ConfigError, per_device_batch_size, resolve_output_dir, validate
 from src.data.beir import has_split, load_beir, subsample
 from src.data.groups import PreparedSet
 from src.data.module import DistillationDataModule
-from src.encoders import DocEncoder, IdfQueryEncoder, load_idf, load_tokenizer, query_frequency
-from src.evaluation import EvalSettings, evaluate_dataset, format_table
-from src.export import export_model, model_folder
-from src.guards import TrainingGuard
-from src.io import atomic_write_json, atomic_write_text
-from src.module import SparseRetrieverModule
-from src.prepare import SETTINGS, prepare, prepared_key
-from src.progress import TrainingProgress
+from src.data.prepare import SETTINGS, prepare, prepared_key
+from src.model.encoders import DocEncoder, IdfQueryEncoder, load_idf, load_tokenizer, query_frequency
+from src.model.formats import export_model, model_folder
+from src.retrieval.evaluation import EvalSettings, evaluate_dataset, format_table
+from src.training.checkpoints import AtomicCheckpointIO, SaveThenRequeue, StepCheckpoint, latest_valid
+from src.training.guards import TrainingGuard
+from src.training.module import SparseRetrieverModule
+from src.training.progress import TrainingProgress
 
 log = logging.getLogger(__name__)
 
@@ -250,12 +251,3 @@ def _print_summary(results: dict, output_dir: Path) -> None:
     if "dev" in results:
         lines += [f"{c['resolved']['eval']['dev_split']} split (to choose settings on):", format_table(results["dev"])]
     print("\n".join([*lines, f"results: {output_dir / 'results.json'}"]), flush=True)
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    train(cfg)
-
-
-if __name__ == "__main__":
-    main()

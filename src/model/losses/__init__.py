@@ -10,8 +10,8 @@ from functools import partial
 
 import torch
 
-from src.losses.kl import Reduce, kl_divergence
-from src.losses.margin_mse import margin_mse
+from src.model.losses.kl import Reduce, kl_divergence
+from src.model.losses.margin_mse import margin_mse
 
 RankingLoss = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 

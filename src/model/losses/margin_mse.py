@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from src.losses.kl import SCALE_BOUNDS, Reduce
+from src.model.losses.kl import SCALE_BOUNDS, Reduce
 
 
 def margin_mse(
@@ -11,7 +11,7 @@ def margin_mse(
 
     student, teacher: (N, G) with the positive in column 0. The student's margins are multiplied by a:
     `student_scale`, a number or "fit", the least-squares a = sum(m_s m_t) / sum(m_s^2) of this batch (of the
-    global batch with `reduce`), kept within SCALE_BOUNDS (see `src.losses.kl.kl_divergence` for why).
+    global batch with `reduce`), kept within SCALE_BOUNDS (see `src.model.losses.kl.kl_divergence` for why).
     """
     student_margin = student[:, :1] - student[:, 1:]  # (N, G-1)
     teacher_margin = teacher[:, :1] - teacher[:, 1:]  # (N, G-1)

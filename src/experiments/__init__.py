@@ -1,0 +1,1 @@
+"""Experiments over many runs: sweeps (offline W&B sweep files) and the report (table, frontier, curves)."""
