@@ -625,10 +625,13 @@ def run_worker(spec: dict[str, Any]) -> None:
 def worker_env(impl: str | None) -> dict[str, str]:
     """The environment each implementation runs with for its users: ours with src.common.runtime's THREAD_DEFAULTS
     (which `import src` sets before torch loads in our entry points; this script imports torch first), the others
-    without those `import src` set here, as in a process of their own."""
+    without those `import src` set here, and with glibc's own allocator thresholds (every worker imports src,
+    whose kept heap fragmented under ST's changing batch shapes until its loaded encode was OOM-killed at 23.8
+    GiB), as in a process of their own."""
     if impl is not None and impl.startswith("ours"):
         return {**runtime.THREAD_DEFAULTS, **os.environ}
-    return {name: value for name, value in os.environ.items() if name not in runtime.APPLIED}
+    env = {name: value for name, value in os.environ.items() if name not in runtime.APPLIED}
+    return {**env, runtime.KEEP_FREED_MEMORY_ENV: "0"}
 
 
 def competing_process(on: bool) -> contextlib.AbstractContextManager:

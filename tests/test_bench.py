@@ -87,6 +87,8 @@ def test_load_mode_runs_ours_with_our_thread_defaults_and_peers_without(bench, m
     assert all(bench.worker_env("ours")[n] == v for n, v in bench.runtime.THREAD_DEFAULTS.items())
     for impl in ("st", "hf", None):
         assert not set(bench.runtime.THREAD_DEFAULTS) & set(bench.worker_env(impl)), impl
+        assert bench.worker_env(impl)[bench.runtime.KEEP_FREED_MEMORY_ENV] == "0", impl  # glibc's own heap
+    assert bench.runtime.KEEP_FREED_MEMORY_ENV not in bench.worker_env("ours")
     monkeypatch.setattr(bench.runtime, "APPLIED", {})  # the caller set them: everyone runs with them
     assert bench.worker_env("st")["OMP_WAIT_POLICY"] == bench.runtime.THREAD_DEFAULTS["OMP_WAIT_POLICY"]
 

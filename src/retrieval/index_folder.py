@@ -25,7 +25,7 @@ class IndexSearcher:
     def __init__(self, folder: Path):
         folder = Path(folder)
         folder = folder / "index" if (folder / "index" / "index.json").is_file() else folder
-        self.index = SparseIndex.load(folder)
+        self.index = SparseIndex.load(folder, mmap=True)  # a corpus of millions of documents stays in its files
         self.tokenizer = load_tokenizer(str(folder / "tokenizer"))
         self.query_encoder = IdfQueryEncoder(
             load_idf(folder / "idf.json", self.tokenizer), self.tokenizer.all_special_ids
