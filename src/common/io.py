@@ -1,5 +1,6 @@
 """Atomic writes: a reader sees the old file or the new one, never half of one."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -36,6 +37,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in blocks (an index's arrays or a model's weights are gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def is_nonempty_dir(path: Path) -> bool:

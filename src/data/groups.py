@@ -148,14 +148,6 @@ class Manifest:
         return manifest
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_shard(path: Path, records: Iterable[GroupRecord]) -> ShardInfo:
     """Writes one shard atomically; a crash leaves no half shard behind."""
     data = b"".join(r.to_line() for r in records)

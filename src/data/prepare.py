@@ -20,11 +20,11 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from src.common.io import atomic_write_json
+from src.common.io import atomic_write_json, sha256_file
 from src.config import ConfigError
 from src.data import msmarco
 from src.data.beir import DEV_FRACTION, DEV_SEED, BeirDataset, dataset_dir, load_beir, qrels_file, subsample
-from src.data.groups import MANIFEST, Candidate, GroupRecord, Manifest, ShardInfo, sha256_file, write_shard
+from src.data.groups import MANIFEST, Candidate, GroupRecord, Manifest, ShardInfo, write_shard
 from src.data.mining import NEGATIVES_FROM, Ranker, bm25_candidates, ensemble_ranker, mine_groups
 from src.data.sources import Source, SourceSpec
 from src.model.encoders import DocEncoder, IdfQueryEncoder, compute_idf, load_tokenizer, resolve_model, save_idf

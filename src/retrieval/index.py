@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from src.common.io import atomic_dir, atomic_write_json
+from src.common.io import atomic_dir, atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 INDEX_FORMAT_VERSION = 1
@@ -68,15 +68,6 @@ def corpus_fingerprint(doc_ids: list[str], texts: list[str]) -> str:
     return h.hexdigest()[:20]
 
 
-def _sha256(path: Path) -> str:
-    """Read in blocks: the arrays of a corpus of millions of documents are gigabytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _npy_header(dtype: np.dtype, length: int) -> bytes:
     """The .npy (v1.0) header of a 1-D array; numpy pads it to 128 bytes for any length below 10^50."""
     out = io.BytesIO()
@@ -111,7 +102,7 @@ def index_writer(
     """Writes an index folder chunk by chunk: yields add(rows, doc_ids), rows a (n, vocab_size) CSR
     matrix whose documents follow the ones added before. Memory stays at one chunk (plus the ids), so a
     corpus need never be one matrix in memory. The folder appears whole when the block ends, or not at all
-    (`src.io.atomic_dir`, which also says when an existing folder is replaced)."""
+    (`src.common.io.atomic_dir`, which also says when an existing folder is replaced)."""
     with atomic_dir(Path(folder), replace=replace) as tmp:
         data, indices = _NpyAppender(tmp / "data.npy", np.float32), _NpyAppender(tmp / "indices.npy", np.int32)
         row_nnz: list[np.ndarray] = []
@@ -135,7 +126,7 @@ def index_writer(
         np.cumsum(np.concatenate([np.zeros(0, np.int64), *row_nnz]), out=indptr[1:])
         np.save(tmp / "indptr.npy", indptr)
         (tmp / "doc_ids.json").write_text(json.dumps(doc_ids))
-        checksums = {name: _sha256(tmp / name) for name in (*(f"{a}.npy" for a in _ARRAYS), "doc_ids.json")}
+        checksums = {name: sha256_file(tmp / name) for name in (*(f"{a}.npy" for a in _ARRAYS), "doc_ids.json")}
         header = {
             "version": INDEX_FORMAT_VERSION,
             "shape": [len(doc_ids), vocab_size],
@@ -169,7 +160,7 @@ class SparseIndex:
         header = json.loads(header_path.read_text())
         if verify:
             for name, digest in header["checksums"].items():
-                if not (folder / name).is_file() or _sha256(folder / name) != digest:
+                if not (folder / name).is_file() or sha256_file(folder / name) != digest:
                     raise CorruptIndex(f"{folder / name} does not match its checksum in {header_path}")
         arrays = [np.load(folder / f"{name}.npy", mmap_mode="r" if mmap else None) for name in _ARRAYS]
         matrix = sp.csr_matrix(tuple(arrays), shape=tuple(header["shape"]), copy=False)
