@@ -69,7 +69,10 @@ the same work: the HF encode of 1,024 documents peaked 5.8 GiB in one run and 16
 live tensors never pass 4 GiB. So each worker then runs its work once more, untimed, with glibc's default
 thresholds restored (big blocks mmapped and returned on free) and reports the peak resident set of that call
 above the resident set before it ("live MiB"): what the call's live tensors need. On CUDA both come from
-torch.cuda.max_memory_allocated minus memory_allocated at the baseline; there is no live pass.
+torch.cuda.max_memory_allocated minus memory_allocated at the baseline; there is no live pass. Only ours
+runs with the kept heap since 2026-12-01: HF and ST workers (which import `src` too) get
+`L0_KEEP_FREED_MEMORY=0`, glibc's own thresholds, as in processes of their own (`worker_env`), which made them
+slower idle than in earlier results files (BENCHMARKS.md, "A shared CPU").
 """
 
 import argparse
