@@ -68,6 +68,7 @@ QUANT_STEPS = 50  # document weights are multiples of 1/50: an engine's 8-bit in
 GEN_CHUNK = 100_000  # documents generated and written at a time
 BMP_BLOCK = 32  # BMP's block size (its default)
 METHODS = ["ours", "scipy", "bmp"]
+LARGE_CORPUS = 2_000_000  # documents; beyond, the defaults spare the baselines' memory (see main)
 
 
 def zipf_probs(vocab: int, a: float, shift: float) -> np.ndarray:
@@ -359,14 +360,16 @@ def main() -> None:
         "--scipy-queries",
         type=int,
         default=None,
-        help="queries for the scipy baseline, whose memory grows with them (default: all)",
+        help="queries for the scipy baseline, whose memory grows with them (default: all up to 2M documents, then 50)",
     )
     parser.add_argument("--check-queries", type=int, default=50, help="queries whose top-k the methods must agree on")
     parser.add_argument("--k", type=int, nargs="+", default=[1000, 10])
     parser.add_argument("--zipf-a", type=float, default=1.0)
     parser.add_argument("--zipf-shift", type=float, default=40.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", nargs="+", default=["ours", "scipy", "bmp"], choices=METHODS)
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, help="default: all up to 2M documents; beyond, ours and scipy"
+    )
     parser.add_argument("--search-kwargs", default="{}", help="JSON of extra keyword arguments for search")
     parser.add_argument("--in-memory", action="store_true", help="read the corpus into memory, not memory-mapped")
     parser.add_argument("--output", type=Path, help="default: results_retrieval.json at 1M, _5m.json at 5.4M, ...")
@@ -376,7 +379,11 @@ def main() -> None:
     if args.worker:
         run_worker(json.loads(args.worker))
         return
-    args.scipy_queries = min(args.scipy_queries or args.queries, args.queries)
+    # Beyond 2M documents on a machine like ours: BMP's indexer would need ~8.3 GiB per 1M documents and scipy's
+    # product ~40 MiB per query at 5.4M (BENCHMARKS.md), so the defaults leave BMP out and cap scipy's queries.
+    large = args.docs > LARGE_CORPUS
+    args.methods = args.methods or (["ours", "scipy"] if large else list(METHODS))
+    args.scipy_queries = min(args.scipy_queries or (50 if large else args.queries), args.queries)
     args.check_queries = min(args.check_queries, args.scipy_queries, args.queries)
     if "bmp" in args.methods and importlib.util.find_spec("bmp") is None:
         parser.error("--methods bmp needs the engine: pip install bmp (or leave bmp out of --methods)")
