@@ -196,18 +196,25 @@ def scipy_search(
     return results
 
 
+TERM_NAMES = [str(t) for t in range(V)]  # BMP keys vectors by term strings
+
+
+def bmp_vector(matrix: sp.csr_matrix, row: int, scale: float | None = None) -> dict[str, float]:
+    """Row `row` of a CSR matrix as BMP's {term: weight}; scale: weights times it, as integers."""
+    lo, hi = matrix.indptr[row], matrix.indptr[row + 1]
+    weights = matrix.data[lo:hi]
+    weights = (np.rint(weights * scale).astype(np.int64) if scale else weights).tolist()
+    return dict(zip(map(TERM_NAMES.__getitem__, matrix.indices[lo:hi].tolist()), weights, strict=True))
+
+
 def bmp_index(docs: sp.csr_matrix, doc_ids: list[str], path: Path) -> None:
     """BMP's index of the same vectors: its documents take integer weights, so the corpus's multiples of
     1 / QUANT_STEPS go in as the integers 1..255 they are, through BMP's Python API, one document a call."""
     import bmp
 
-    terms = [str(t) for t in range(V)]
     indexer = bmp.Indexer(str(path), BMP_BLOCK, False)
     for row, doc_id in enumerate(doc_ids):
-        lo, hi = docs.indptr[row], docs.indptr[row + 1]
-        names = map(terms.__getitem__, docs.indices[lo:hi].tolist())
-        weights = np.rint(docs.data[lo:hi] * QUANT_STEPS).astype(np.int64).tolist()
-        indexer.add_document(doc_id, dict(zip(names, weights, strict=True)))
+        indexer.add_document(doc_id, bmp_vector(docs, row, QUANT_STEPS))
     indexer.finish()
 
 
@@ -218,11 +225,7 @@ def bmp_search(queries: sp.csr_matrix, query_ids: list[str], path: Path, k: int)
     import bmp
 
     searcher = bmp.Searcher(str(path))
-    terms = [str(t) for t in range(V)]
-    vectors = [
-        dict(zip(map(terms.__getitem__, queries.indices[lo:hi].tolist()), queries.data[lo:hi].tolist(), strict=True))
-        for lo, hi in zip(queries.indptr[:-1], queries.indptr[1:], strict=True)
-    ]
+    vectors = [bmp_vector(queries, row) for row in range(queries.shape[0])]
     results = {}
     for qid, vector in zip(query_ids, vectors, strict=True):
         found, scores = searcher.search(vector, k, 1.0, 1.0)
@@ -283,8 +286,8 @@ def run_worker(spec: dict) -> None:
     if args.method == "bmp":  # (untimed) is a disagreement BMP's query grid? Then ours on that grid agrees.
         checked = min(args.check_queries, n)
         gridded = search(bmp_query_grid(queries[:checked]), docs, query_ids[:checked], doc_ids, k=args.k)
-        record["overlap_at_10_on_its_query_grid"] = float(
-            np.mean([len(set(list(gridded[q])[:10]) & set(list(results[q])[:10])) / 10 for q in gridded])
+        record["overlap_at_10_on_its_query_grid"] = shared_share(
+            [list(gridded[q])[:10] for q in gridded], [list(results[q])[:10] for q in gridded]
         )
     harness.write_result(Path(args.out), record)
 
@@ -320,12 +323,16 @@ def same_top_k(ours: Path, theirs: Path) -> bool:
     return all(set(a["docs"][i][strict[i]]) == set(b["docs"][i][strict[i]]) for i in range(len(strict)))
 
 
+def shared_share(ours: list, theirs: list) -> float:
+    """Mean share of each of our lists (of documents) that the matching list of theirs also holds."""
+    return float(np.mean([len(set(a) & set(b)) / max(1, len(a)) for a, b in zip(ours, theirs, strict=True)]))
+
+
 def overlap(ours: Path, theirs: Path, depth: int) -> float:
-    """Mean share of our top-depth documents that the other method also puts in its top-depth, over the
-    checked queries (for an engine whose scores are in other units)."""
+    """shared_share of our top-depth documents in the other method's top-depth, over the checked queries (for
+    an engine whose scores are in other units); -1 pads short lists."""
     a, b = np.load(ours)["docs"][:, :depth], np.load(theirs)["docs"][:, :depth]
-    shares = [len(set(x[x >= 0]) & set(y[y >= 0])) / max(1, (x >= 0).sum()) for x, y in zip(a, b, strict=True)]
-    return float(np.mean(shares))
+    return shared_share([x[x >= 0].tolist() for x in a], [y[y >= 0].tolist() for y in b])
 
 
 def versions() -> dict[str, str]:
