@@ -30,7 +30,8 @@ from src.data.sources import Source, SourceSpec
 from src.model.encoders import DocEncoder, IdfQueryEncoder, compute_idf, load_tokenizer, resolve_model, save_idf
 from src.retrieval.engine import encode_documents, encode_queries, search
 from src.retrieval.index import fingerprint
-from src.teachers import PER_SOURCE, Teacher, TeacherSpec, build_teacher
+from src.teachers import HF_KINDS, PER_SOURCE, Teacher, TeacherSpec, build_teacher
+from src.teachers.hf import teacher_dtype
 
 log = logging.getLogger(__name__)
 STATE = ".prepare-state.json"
@@ -144,8 +145,15 @@ def prepared_key(cfg: DictConfig) -> str:
         if folder.is_dir():  # a hub id has no local files: its name in settings is the key
             weights += [sha256_file(p) for p in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))]
     inputs = [sha256_file(p) for s in source_specs(cfg) for p in s.inputs]
+    # A Hugging Face teacher's scores depend on the dtype it computes in here ("auto": bf16 where native).
+    dtypes = {s.name: teacher_dtype(**_precision_options(s)) for s in teacher_specs(cfg) if s.kind in HF_KINDS}
     # Which train queries are held out as dev (datasets without a dev split) decides which groups there are.
-    return fingerprint(settings, inputs, weights, {"dev_fraction": DEV_FRACTION, "dev_seed": DEV_SEED})
+    held_out = {"dev_fraction": DEV_FRACTION, "dev_seed": DEV_SEED}
+    return fingerprint(settings, inputs, weights, held_out, {"teacher_dtypes": dtypes})
+
+
+def _precision_options(spec: TeacherSpec) -> dict:
+    return {k: spec.options[k] for k in ("precision", "device") if k in spec.options}
 
 
 class _Teachers:

@@ -97,6 +97,8 @@ KINDS = {
 # Built once per source: corpus statistics (bm25), or each document embedded once, in one order (bi_encoder's
 # `precompute`), so a score never depends on which other documents shared its batch.
 PER_SOURCE = {"bm25", "bi_encoder"}
+# Hugging Face models, which take `precision` (auto | fp32 | bf16: src.teachers.hf.teacher_dtype).
+HF_KINDS = {"cross_encoder", "bi_encoder"}
 
 
 NORMALISATIONS = ("minmax", "query", "none")
