@@ -366,6 +366,7 @@ SPEC: dict[str, Any] = {
     "model.query_max_length": Integer(1),
     "model.head_precision": Choice(PRECISIONS),
     "model.compile": Boolean(),
+    "model.dropout": Number(0.0, 1.0, nullable=True),
     "data.prepared": Text(nullable=True),
     "data.datasets": Names(),
     "data.split": Text(),

@@ -50,6 +50,19 @@ def test_doc_encoder_matches_straightforward_implementation(encoder, tokenizer, 
         torch.testing.assert_close(encoder(alone["input_ids"], alone["attention_mask"])[0], ours[-1])
 
 
+def test_dropout_override_sets_every_dropout_of_the_model(tokenizer):
+    """model.dropout: 0 makes two training-mode passes identical; null keeps splade-tiny's 0.1 (two passes differ)."""
+    batch = tokenizer(["vitamin d and the risk of cancer"], return_tensors="pt")
+    for dropout, same in ((0.0, True), (None, False)):
+        encoder = DocEncoder.from_pretrained(None, "log1", dropout=dropout)
+        assert encoder.training
+        config = encoder.mlm.config
+        assert (config.hidden_dropout_prob, config.attention_probs_dropout_prob) == ((0.0, 0.0) if same else (0.1, 0.1))
+        with torch.no_grad():
+            first, second = (encoder(batch["input_ids"], batch["attention_mask"]) for _ in range(2))
+        assert torch.equal(first, second) == same
+
+
 def test_encode_terms_equals_full_vector_columns(encoder, tokenizer):
     batch = tokenizer(["protein folding in yeast cells", "a b"], padding=True, return_tensors="pt")
     terms = torch.tensor([tokenizer.convert_tokens_to_ids(t) for t in ["protein", "yeast", "cell", "the"]])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from src.common.io import atomic_write_text
 from src.model.activations import get_activation
@@ -105,9 +105,21 @@ class DocEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | None, activation: str = "log1", head_precision: str = "auto"
+        cls,
+        name_or_path: str | None,
+        activation: str = "log1",
+        head_precision: str = "auto",
+        dropout: float | None = None,
     ) -> "DocEncoder":
-        mlm = AutoModelForMaskedLM.from_pretrained(resolve_model(name_or_path))
+        """`dropout`: every dropout probability of the model's config set to this (BERT's hidden and attention,
+        DistilBERT's ...); None keeps the checkpoint's."""
+        source = resolve_model(name_or_path)
+        config = AutoConfig.from_pretrained(source)
+        if dropout is not None:
+            for key, value in vars(config).items():
+                if key.endswith(("dropout", "dropout_prob")) and isinstance(value, float):
+                    setattr(config, key, dropout)
+        mlm = AutoModelForMaskedLM.from_pretrained(source, config=config)
         return cls(mlm.train(), activation, head_precision)  # from_pretrained returns eval mode: no dropout
 
     def compile_body(self) -> None:
