@@ -111,8 +111,8 @@ class DocEncoder(nn.Module):
         head_precision: str = "auto",
         dropout: float | None = None,
     ) -> "DocEncoder":
-        """`dropout`: every dropout probability of the model's config set to this (BERT's hidden and attention,
-        DistilBERT's ...); None keeps the checkpoint's."""
+        """`dropout`: every dropout probability of the model's config set to this (BERT's hidden_dropout_prob and
+        attention_probs_dropout_prob, DistilBERT's dropout and attention_dropout); None keeps the checkpoint's."""
         source = resolve_model(name_or_path)
         config = AutoConfig.from_pretrained(source)
         if dropout is not None:
