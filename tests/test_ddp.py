@@ -243,6 +243,7 @@ def test_two_process_ddp_run_trains_and_rank_zero_alone_writes_results(tmp_path,
             f"model={out / 'model'}",
             "max_queries=10",
             "max_docs=100",
+            "max_length=256",  # debug=smoke's eval.max_length
             "cache=false",
             "num_threads=1",
             f"paths.output_dir={tmp_path / 'alone'}",
