@@ -365,6 +365,7 @@ SPEC: dict[str, Any] = {
     "model.max_length": Integer(8),
     "model.query_max_length": Integer(1),
     "model.head_precision": Choice(PRECISIONS),
+    "model.train_vocabulary": Boolean(),
     "model.compile": Boolean(),
     "model.dropout": Number(0.0, 1.0, nullable=True),
     "data.prepared": Text(nullable=True),

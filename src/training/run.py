@@ -112,6 +112,8 @@ def train(cfg: DictConfig) -> dict:
     # IDF of the training corpora (the prepared set's idf.json) or query.idf, frozen unless query.idf_trainable.
     idf = load_idf(Path(cfg.query.idf or folder / "idf.json"), tokenizer)
     doc_encoder = DocEncoder.from_pretrained(model_source, cfg.activation, cfg.model.head_precision, cfg.model.dropout)
+    if not cfg.model.train_vocabulary:
+        doc_encoder.freeze_vocabulary()
     if cfg.model.compile:
         doc_encoder.compile_body()
     query_encoder = IdfQueryEncoder(idf, tokenizer.all_special_ids, trainable=cfg.query.idf_trainable)
