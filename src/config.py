@@ -175,11 +175,13 @@ def _trainer_key_errors(trainer: dict) -> list[str]:
 
 @dataclass(frozen=True)
 class Number:
-    """A number (an integer with integer=True) within [low, high], `low_open` making it (low, ...; bools refused."""
+    """A number (an integer with integer=True) within [low, high], `low_open` making it (low, ..., `high_open`
+    ..., high); bools refused."""
 
     low: float | None = None
     high: float | None = None
     low_open: bool = False
+    high_open: bool = False
     integer: bool = False
     nullable: bool = False
     required: bool = True
@@ -189,7 +191,7 @@ class Number:
         if self.low is not None:
             text += f" {'>' if self.low_open else '>='} {self.low}"
         if self.high is not None:
-            text += f"{' and' if self.low is not None else ''} <= {self.high}"
+            text += f"{' and' if self.low is not None else ''} {'<' if self.high_open else '<='} {self.high}"
         return text + (" or null" if self.nullable else "")
 
     def type_ok(self, value: Any) -> bool:
@@ -205,7 +207,8 @@ class Number:
         if not math.isfinite(value):  # nan, inf
             return False
         above = self.low is None or (value > self.low if self.low_open else value >= self.low)
-        return above and (self.high is None or value <= self.high)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
 
 
 def Integer(low: float | None = None, **kwargs: Any) -> Number:  # capitalised: reads like a type in SPEC
@@ -355,6 +358,8 @@ SPEC: dict[str, Any] = {
     "reg.term_weights": Choice((None, "idf", "query_frequency")),
     "query.idf": Text(nullable=True),
     "query.idf_trainable": Boolean(),
+    "posthoc.start_weight": Number(0, 1),
+    "posthoc.prune_ratio": Number(0, 1, high_open=True),
     "optim.lr": Number(0, low_open=True),
     "optim.weight_decay": Number(0),
     "optim.warmup_steps": Integer(0),

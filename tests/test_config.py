@@ -49,6 +49,8 @@ BAD_CONFIGS = [
     ("reg.T=0", "reg.T: must be an integer >= 1, got 0"),
     ("data.group_size=1", "data.group_size: must be an integer >= 2, got 1"),
     ("optim.lr=0", "optim.lr: must be a number > 0, got 0"),
+    ("posthoc.start_weight=1.5", "posthoc.start_weight: must be a number >= 0 and <= 1, got 1.5"),
+    ("posthoc.prune_ratio=1", "posthoc.prune_ratio: must be a number >= 0 and < 1, got 1"),
     ("optim.weight_decay=-0.01", "optim.weight_decay: must be a number >= 0"),
     ("optim.warmup_steps=-1", "optim.warmup_steps: must be an integer >= 0"),
     ("optim.warmup_steps=300", "optim.warmup_steps: must be < trainer.max_steps (300), got 300"),

@@ -63,6 +63,22 @@ def test_dropout_override_sets_every_dropout_of_the_model(tokenizer):
         assert torch.equal(first, second) == same
 
 
+def test_merge_with_start_averages_every_weight_once():
+    """posthoc.start_weight: each weight, tied ones included (BERT ties the term embedding to the projection), ends
+    at w x start + (1 - w) x trained; merged twice, a tied weight would sit at a different point."""
+    start = DocEncoder.from_pretrained(None, "log1")
+    trained = DocEncoder.from_pretrained(None, "log1")
+    with torch.no_grad():
+        for weight in trained.mlm.parameters():
+            weight.add_(1.0)
+    trained.merge_with(start, 0.25)
+    for name, weight in trained.mlm.named_parameters():
+        torch.testing.assert_close(weight, start.mlm.get_parameter(name) + 0.75, msg=name)
+    assert trained.mlm.get_output_embeddings().weight is trained.mlm.get_input_embeddings().weight
+    with pytest.raises(ValueError, match="start_weight must be in"):
+        trained.merge_with(start, 1.5)
+
+
 def test_encode_terms_equals_full_vector_columns(encoder, tokenizer):
     batch = tokenizer(["protein folding in yeast cells", "a b"], padding=True, return_tensors="pt")
     terms = torch.tensor([tokenizer.convert_tokens_to_ids(t) for t in ["protein", "yeast", "cell", "the"]])

@@ -48,6 +48,9 @@ def test_few_steps_in_process_stay_finite_and_sparse(tmp_path, data_dir, cache_d
     assert (scifact["num_queries"], scifact["num_docs"]) == (10, 200)
     assert 0 < scifact["doc_len"] < VOCAB / 20 and scifact["flops"] > 0
     assert (tmp_path / "model" / "idf.json").is_file() and (tmp_path / "model" / "config.json").is_file()
+    # The default posthoc step: weights averaged with the start's, document weights pruned by their readers.
+    assert json.loads((tmp_path / "model" / "l0_sparse.json").read_text())["prune_ratio"] == cfg.posthoc.prune_ratio
+    assert (results["config"]["start_weight"], results["config"]["prune_ratio"]) == (0.5, 0.2)
     # model.train_vocabulary: false (the default): the term embedding keeps splade-tiny's values, the rest trains
     trained = load_file(tmp_path / "model" / "model.safetensors")
     shipped = load_file(Path(resolve_model(None)) / "model.safetensors")

@@ -45,6 +45,8 @@ def _run_config(cfg: DictConfig, train_set: PreparedSet) -> dict:
         "train_data": str(train_set.folder),
         "teachers": train_set.teachers,
         "max_steps": cfg.trainer.max_steps,
+        "start_weight": cfg.posthoc.start_weight,
+        "prune_ratio": cfg.posthoc.prune_ratio,
         "resolved": OmegaConf.to_container(cfg, resolve=True),
     }
 
@@ -144,11 +146,15 @@ def train(cfg: DictConfig) -> dict:
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     train_wall = time.perf_counter() - start
     first = trainer.global_rank == 0
+    if cfg.posthoc.start_weight and guard.status != "diverged":
+        start_model = DocEncoder.from_pretrained(model_source, cfg.activation, cfg.model.head_precision)
+        doc_encoder.merge_with(start_model, cfg.posthoc.start_weight)
 
     evals, dev = {}, {}
     if guard.status != "diverged":  # NaN weights: nothing worth exporting or evaluating; checkpoints keep the last good
         if first:
-            export_model(doc_encoder, tokenizer, query_encoder.idf.detach(), output_dir / "model")
+            idf = query_encoder.idf.detach()
+            export_model(doc_encoder, tokenizer, idf, output_dir / "model", cfg.posthoc.prune_ratio)
         doc_encoder.to(trainer.strategy.root_device)  # Lightning's teardown left the model on the CPU
         # Every rank evaluates: under DDP the ranks share the corpus encoding and rank 0 searches and scores.
         evals = {
@@ -238,7 +244,9 @@ def _evaluate(
         cache_dir=Path(cfg.paths.cache_dir),
     )
     idf = query_encoder.idf.detach().cpu()
-    metrics, _ = evaluate_dataset(test, "inference_free", settings, doc_encoder, tokenizer, idf)
+    metrics, _ = evaluate_dataset(
+        test, "inference_free", settings, doc_encoder, tokenizer, idf, prune_ratio=cfg.posthoc.prune_ratio
+    )
     return metrics  # None on DDP ranks other than 0
 
 
