@@ -178,6 +178,7 @@ def test_random_search_stops_at_the_size_of_a_small_space(tmp_path):
     ("parameters", "method", "message"),
     [
         ({"mask.tt": {"values": [1]}}, "grid", r"parameter mask.tt: not a key .* \(did you mean mask.t\?\)"),
+        ({"data.teacher.1.max_length": {"value": 9}}, "grid", r"parameter data.teacher.1.max_length: not a key"),
         ({"mask.t": {"distribution": "q_normal", "mu": 0}}, "random", r"parameter mask.t: unsupported keys \['mu'\]"),
         ({"mask.t": {"distribution": "normal"}}, "random", r"parameter mask.t: distribution 'normal' is not"),
         ({"mask.t": {"min": 1, "max": 9}}, "grid", r"parameter mask.t: grid search needs `values`"),

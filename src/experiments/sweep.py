@@ -132,12 +132,16 @@ def _check_command(path: Path, command: Any) -> None:
 
 
 def _check_key(path: Path, key: Any) -> None:
-    """A parameter is a key the training config declares (mask.t) or a config group (experiment, debug)."""
+    """A parameter is a key the training config declares (mask.t), an item of a list it declares (Hydra indexes
+    lists: data.teachers.1.max_length), or a config group (experiment, debug)."""
     from src.config import known_keys  # reads conf/ only; imported here so `--help` stays fast
 
     if not isinstance(key, str):
         raise SweepError(f"{path}: parameter {key!r}: must be a dotted config key such as mask.t")
     if key in known_keys(CONF_DIR) or key in config_groups():
+        return
+    item = re.match(r"(.+?)\.\d+(\.|$)", key)  # data.teachers.1.max_length: a field of a list's item
+    if item and item.group(1) in known_keys(CONF_DIR):
         return
     close = difflib.get_close_matches(key, sorted(known_keys(CONF_DIR) | config_groups()), n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]}?)" if close else ""
