@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -92,6 +93,7 @@ def test_ranks_share_the_encoding_and_rank_zero_gets_the_one_process_matrix_and_
     print(f"encoded per rank {shares}; NDCG@10 {metrics['ndcg@10']:.4f} on both")
 
 
+@pytest.mark.slow  # the launcher path; the in-process 2-rank test above keeps the sharing in the default suite
 def test_torchrun_evaluate_on_two_processes_writes_the_one_process_results(tmp_path, cli_env, data_dir):
     """`torchrun --nproc_per_node 2 -m src.evaluate ...`: the ranks join from torchrun's environment (gloo on
     CPUs), share the encoding, and rank 0 alone writes results.json and the run file."""
