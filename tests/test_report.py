@@ -27,9 +27,10 @@ def write_run(
     reason: str | None = None,
     metrics: str | None = None,
     dev: dict | None = None,
+    posthoc: tuple[float, float] = (0.0, 0.0),
 ) -> Path:
     """A results.json as src/training/run.py writes it (evals: dataset -> (ndcg@10, flops, doc_len); dev: dataset ->
-    ndcg@10 on the dev split)."""
+    ndcg@10 on the dev split; posthoc: (start_weight, prune_ratio))."""
     evals = {"scifact": (0.6, 1.0, 90.0), "nfcorpus": (0.3, 0.5, 100.0)} if evals is None else evals
     results = {
         "status": status,
@@ -46,6 +47,8 @@ def write_run(
             "train_data": "/tmp/prepared",
             "teachers": ["bm25", "splade-tiny"],
             "max_steps": 300,
+            "start_weight": posthoc[0],
+            "prune_ratio": posthoc[1],
             "resolved": {"seed": seed, "activation": activation, "mask": {"t": mask_t}, "paths": {"x": str(folder)}},
         },
         "train": {"steps": 300, "doc_len": 85.1, "wall_s": 390.2},
@@ -198,6 +201,13 @@ def test_flops_each_activation_needs_for_equal_ndcg(tmp_path):
     assert report.flops_needed(rows, ["scifact"], "log2", 0.48) == pytest.approx(0.4)
     assert report.flops_needed(rows, ["scifact"], "log2", 0.40) == pytest.approx(0.3)  # its first point already
     assert report.flops_needed(rows, ["scifact"], "log1", 0.51) is None
+    # A run averaged with its start and pruned after training is named so and stays off the activation's curve.
+    write_run(tmp_path / "runs" / "p", "log1", 100, 0.1, evals={"scifact": (0.49, 0.3, 50.0)}, posthoc=(0.5, 0.2))
+    rows = report.load_runs([tmp_path / "runs"])
+    assert "log1, l0 mask t=100, λd=0.1, averaged 0.5 with the start, pruned 0.2" in [r.name for r in rows]
+    assert report.flops_needed(rows, ["scifact"], "log1", 0.44) == pytest.approx(0.4)
+    markers = [line.get_marker() for line in report.frontier_figure(rows, ["scifact"]).axes[0].lines]
+    assert markers.count("D") == 1
     write_reference(tmp_path / "ref", evals={"scifact": (0.48, 2.0, 290.0)})
     table = report.format_table([report.load_reference("splade-tiny", tmp_path / "ref"), *rows], ["scifact"])
     assert table_rows(table, 1) == [

@@ -57,7 +57,8 @@ class Row:
     flops: dict[str, float] = field(default_factory=dict)  # dataset -> FLOPS, where the mode defines it
     doc_len: dict[str, float] = field(default_factory=dict)
     dev_ndcg: dict[str, float] = field(default_factory=dict)  # dataset -> NDCG@10 on its dev split (runs)
-    prune_ratio: float | None = None  # references: the post-hoc pruning they were evaluated with
+    prune_ratio: float | None = None  # the post-hoc pruning the model was evaluated (reference) or exported (run) with
+    start_weight: float = 0.0  # runs: the starting model's share of the exported weights (posthoc.start_weight)
     activation: str | None = None
     mask_t: float | None = None
     lambda_d: float | None = None
@@ -70,6 +71,12 @@ class Row:
     @property
     def masked(self) -> bool:
         return self.mask_t is not None
+
+    @property
+    def posthoc(self) -> bool:
+        """A run whose exported weights were averaged with the start or pruned after training: its sparsity is not
+        the regulariser's alone, so it stays off the activations' curves."""
+        return self.kind == "run" and bool(self.start_weight or self.prune_ratio)
 
     def mean_ndcg(self, datasets: Sequence[str]) -> float | None:
         return _mean(self.ndcg.get(d) for d in datasets)
@@ -128,18 +135,30 @@ def _metric_block(evals: object, key: str) -> dict[str, float]:
 
 
 def model_name(
-    activation: str | None, mask_t: float | None, lambda_d: float | None, resolved: dict | None = None
+    activation: str | None,
+    mask_t: float | None,
+    lambda_d: float | None,
+    resolved: dict | None = None,
+    start_weight: float | None = None,
+    prune_ratio: float | None = None,
 ) -> str:
-    """'log2, l0 mask t=100, λd=0.4' | 'log1, FLOPS λd=4' | 'log1, no reg' (a linear threshold: 't=300→100')."""
+    """'log2, l0 mask t=100, λd=0.4' | 'log1, FLOPS λd=4' | 'log1, no reg' (a linear threshold: 't=300→100'),
+    then what was done after training: ', averaged 0.5 with the start, pruned 0.2'."""
     act = activation or "?"
     if not lambda_d:
-        return f"{act}, no reg"
-    if mask_t is None:
-        return f"{act}, FLOPS λd={lambda_d:g}"
-    mask = (resolved or {}).get("mask") or {}
-    start = mask.get("t_start") if mask.get("schedule") == "linear" else None
-    t = f"{start:g}→{mask_t:g}" if start is not None else f"{mask_t:g}"
-    return f"{act}, l0 mask t={t}, λd={lambda_d:g}"
+        name = f"{act}, no reg"
+    elif mask_t is None:
+        name = f"{act}, FLOPS λd={lambda_d:g}"
+    else:
+        mask = (resolved or {}).get("mask") or {}
+        start = mask.get("t_start") if mask.get("schedule") == "linear" else None
+        t = f"{start:g}→{mask_t:g}" if start is not None else f"{mask_t:g}"
+        name = f"{act}, l0 mask t={t}, λd={lambda_d:g}"
+    if start_weight:
+        name += f", averaged {start_weight:g} with the start"
+    if prune_ratio:
+        name += f", pruned {prune_ratio:g}"
+    return name
 
 
 def run_row(path: Path, results: dict) -> Row:
@@ -147,7 +166,14 @@ def run_row(path: Path, results: dict) -> Row:
     evals = results.get("eval") or {}
     train = results.get("train") or {}
     return Row(
-        name=model_name(config.get("activation"), config.get("mask_t"), config.get("lambda_d"), config.get("resolved")),
+        name=model_name(
+            config.get("activation"),
+            config.get("mask_t"),
+            config.get("lambda_d"),
+            config.get("resolved"),
+            config.get("start_weight"),
+            config.get("prune_ratio"),
+        ),
         kind="run",
         status=results.get("status", "finished"),
         reason=results.get("reason"),
@@ -158,6 +184,8 @@ def run_row(path: Path, results: dict) -> Row:
         activation=config.get("activation"),
         mask_t=config.get("mask_t"),
         lambda_d=config.get("lambda_d"),
+        prune_ratio=config.get("prune_ratio") or None,
+        start_weight=config.get("start_weight") or 0.0,
         wall_s=train.get("wall_s"),
         steps=train.get("steps"),
         path=str(path),
@@ -356,11 +384,11 @@ def format_table(
 def flops_needed(rows: Sequence[Row], datasets: Sequence[str], activation: str, ndcg: float) -> float | None:
     """The least FLOPS at which the activation's runs reach a mean NDCG@10 of `ndcg`: its finished runs in FLOPS
     order, read as a piecewise-linear curve, crossed at `ndcg` (None when no run reaches it). Activations compared
-    at equal effectiveness, not at equal settings."""
+    at equal effectiveness, not at equal settings; runs averaged or pruned after training are left out."""
     curve = sorted(
         (x, y)
         for r in rows
-        if r.kind == "run" and r.status == "finished" and (r.activation or "?") == activation
+        if r.kind == "run" and r.status == "finished" and not r.posthoc and (r.activation or "?") == activation
         for x, y in [(r.mean_flops(datasets), r.mean_ndcg(datasets))]
         if x is not None and y is not None
     )
@@ -383,7 +411,7 @@ def format_equal_ndcg(rows: Sequence[Row], datasets: Sequence[str]) -> list[str]
     lines = [
         "",
         "FLOPS each activation needs to reach a reference's mean NDCG@10 (its finished runs as a curve in FLOPS "
-        "order, interpolated; '-': no run reaches it):",
+        "order, interpolated, without those averaged or pruned after training; '-': no run reaches it):",
         "",
         "| mean NDCG@10 of | level | " + " | ".join(activations) + " |",
         "|---|---:|" + "---:|" * len(activations),
@@ -433,14 +461,15 @@ def _colors(activations: Iterable[str]) -> dict[str, str]:
 
 def _short_label(r: Row) -> str:
     lam = f"λ{r.lambda_d:g}" if r.lambda_d else "no reg"
-    return f"t{r.mask_t:g} {lam}" if r.masked else lam
+    return (f"t{r.mask_t:g} {lam}" if r.masked else lam) + (" +post" if r.posthoc else "")
 
 
 def frontier_figure(
     rows: Sequence[Row], datasets: Sequence[str], protocol: str = "cpu-small", annotate: bool = True
 ) -> Figure:
     """Mean NDCG@10 against mean FLOPS: one curve per activation (its runs joined in FLOPS order), filled markers
-    for the l0 mask, hollow for plain FLOPS, x for collapsed runs; references with FLOPS as stars, without
+    for the l0 mask, hollow for plain FLOPS, x for collapsed runs, diamonds off the curve for runs averaged or
+    pruned after training; references with FLOPS as stars, without
     (BM25) as dashed horizontal lines. Log x when FLOPS span more than 20x."""
     fig = Figure(figsize=(7.5, 5), layout="constrained")
     ax = fig.add_subplot()
@@ -455,12 +484,14 @@ def frontier_figure(
     handles = []
     for act, color in colors.items():
         mine = sorted(((r, x, y) for r, x, y in runs if (r.activation or "?") == act), key=lambda p: (p[1], p[2]))
-        curve = [(x, y) for r, x, y in mine if r.status != "collapsed"]
+        curve = [(x, y) for r, x, y in mine if r.status != "collapsed" and not r.posthoc]
         if curve:
             ax.plot([x for x, _ in curve], [y for _, y in curve], "-", color=color, alpha=0.6, zorder=1)
         for r, x, y in mine:
             if r.status == "collapsed":
                 ax.plot(x, y, "x", color=color, markersize=9, mew=2, zorder=3)
+            elif r.posthoc:
+                ax.plot(x, y, "D", color=color, markersize=7, zorder=3)
             else:
                 ax.plot(x, y, "o", color=color, mfc=color if r.masked else "none", mew=1.5, markersize=7, zorder=2)
             if annotate:
@@ -471,6 +502,8 @@ def frontier_figure(
         Line2D([], [], color="gray", marker="o", mfc="none", ls="none", label="plain FLOPS"),
         Line2D([], [], color="gray", marker="x", mew=2, ls="none", label="collapsed"),
     ]
+    if any(r.posthoc for r, _, _ in runs):
+        handles.append(Line2D([], [], color="gray", marker="D", ls="none", label="averaged / pruned after training"))
     pruned = sorted(
         ((r, x, y) for r, x, y in points if r.kind == "reference" and r.prune_ratio is not None and x is not None),
         key=lambda p: p[1],
