@@ -186,10 +186,11 @@ def test_table_references_first_then_sorted_runs_with_status(sweep):
 
 
 def test_flops_each_activation_needs_for_equal_ndcg(tmp_path):
-    """Activations compared at equal NDCG@10: each one's finished runs as a curve in FLOPS order, interpolated."""
+    """Activations compared at equal NDCG@10: each one's finished runs' Pareto frontier, interpolated."""
     for name, act, flops, ndcg in [
         ("a", "log1", 0.2, 0.40),
         ("b", "log1", 0.6, 0.48),
+        ("f", "log1", 0.8, 0.30),  # dominated by b: not on the frontier
         ("c", "log1", 1.0, 0.50),
         ("d", "log2", 0.3, 0.46),
         ("e", "log2", 0.5, 0.50),
@@ -200,6 +201,7 @@ def test_flops_each_activation_needs_for_equal_ndcg(tmp_path):
     assert report.flops_needed(rows, ["scifact"], "log1", 0.44) == pytest.approx(0.4)  # halfway from a to b
     assert report.flops_needed(rows, ["scifact"], "log2", 0.48) == pytest.approx(0.4)
     assert report.flops_needed(rows, ["scifact"], "log2", 0.40) == pytest.approx(0.3)  # its first point already
+    assert report.flops_needed(rows, ["scifact"], "log1", 0.49) == pytest.approx(0.8)  # halfway from b to c
     assert report.flops_needed(rows, ["scifact"], "log1", 0.51) is None
     # A run averaged with its start and pruned after training is named so and stays off the activation's curve.
     write_run(tmp_path / "runs" / "p", "log1", 100, 0.1, evals={"scifact": (0.49, 0.3, 50.0)}, posthoc=(0.5, 0.2))

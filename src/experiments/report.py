@@ -381,11 +381,20 @@ def format_table(
     return "\n".join(lines + (["", *notes] if notes else [])) + "\n"
 
 
+def pareto(points: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (FLOPS, NDCG@10) points no cheaper point matches, in FLOPS order: the frontier a set of runs draws."""
+    frontier: list[tuple[float, float]] = []
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not frontier or y > frontier[-1][1]:
+            frontier.append((x, y))
+    return frontier
+
+
 def flops_needed(rows: Sequence[Row], datasets: Sequence[str], activation: str, ndcg: float) -> float | None:
-    """The least FLOPS at which the activation's runs reach a mean NDCG@10 of `ndcg`: its finished runs in FLOPS
-    order, read as a piecewise-linear curve, crossed at `ndcg` (None when no run reaches it). Activations compared
-    at equal effectiveness, not at equal settings; runs averaged or pruned after training are left out."""
-    curve = sorted(
+    """The least FLOPS at which the activation's runs reach a mean NDCG@10 of `ndcg`: the Pareto frontier of its
+    finished runs, read as a piecewise-linear curve, crossed at `ndcg` (None when no run reaches it). Activations
+    compared at equal effectiveness, not at equal settings; runs averaged or pruned after training are left out."""
+    curve = pareto(
         (x, y)
         for r in rows
         if r.kind == "run" and r.status == "finished" and not r.posthoc and (r.activation or "?") == activation
@@ -410,8 +419,8 @@ def format_equal_ndcg(rows: Sequence[Row], datasets: Sequence[str]) -> list[str]
         return []
     lines = [
         "",
-        "FLOPS each activation needs to reach a reference's mean NDCG@10 (its finished runs as a curve in FLOPS "
-        "order, interpolated, without those averaged or pruned after training; '-': no run reaches it):",
+        "FLOPS each activation needs to reach a reference's mean NDCG@10 (the Pareto frontier of its finished runs, "
+        "interpolated, without those averaged or pruned after training; '-': no run reaches it):",
         "",
         "| mean NDCG@10 of | level | " + " | ".join(activations) + " |",
         "|---|---:|" + "---:|" * len(activations),
@@ -467,7 +476,7 @@ def _short_label(r: Row) -> str:
 def frontier_figure(
     rows: Sequence[Row], datasets: Sequence[str], protocol: str = "cpu-small", annotate: bool = True
 ) -> Figure:
-    """Mean NDCG@10 against mean FLOPS: one curve per activation (its runs joined in FLOPS order), filled markers
+    """Mean NDCG@10 against mean FLOPS: one curve per activation (its runs' Pareto frontier), filled markers
     for the l0 mask, hollow for plain FLOPS, x for collapsed runs, diamonds off the curve for runs averaged or
     pruned after training; references with FLOPS as stars, without
     (BM25) as dashed horizontal lines. Log x when FLOPS span more than 20x."""
@@ -484,7 +493,7 @@ def frontier_figure(
     handles = []
     for act, color in colors.items():
         mine = sorted(((r, x, y) for r, x, y in runs if (r.activation or "?") == act), key=lambda p: (p[1], p[2]))
-        curve = [(x, y) for r, x, y in mine if r.status != "collapsed" and not r.posthoc]
+        curve = pareto((x, y) for r, x, y in mine if r.status != "collapsed" and not r.posthoc)
         if curve:
             ax.plot([x for x, _ in curve], [y for _, y in curve], "-", color=color, alpha=0.6, zorder=1)
         for r, x, y in mine:
