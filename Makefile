@@ -89,10 +89,10 @@ bench-retrieval: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/encode_train.py $(if $(QUICK),--quick) $(if $(LOAD),--load) $(ARGS)
 
-# The protocol's table and frontier: evaluates the reference rows (BM25; the teachers, alone and as the ensemble
-# training distils, the ceiling; the untrained student, as shipped and pruned post hoc, the baseline training must beat), trains
-# every row of sweeps/<protocol>.yaml that has no results yet (a killed run resumes), then writes
-# results/table.md, results/frontier.png and curves.png. PROTOCOL=paper runs the paper grid (hand it to a
+# The protocol's table and frontier: evaluates the reference rows that have no results yet (BM25; the teachers,
+# alone and as the ensemble training distils, the ceiling; the untrained student, as shipped and pruned post hoc,
+# the baseline training must beat), trains every row of sweeps/<protocol>.yaml that has none (a killed run
+# resumes), then writes results/table.md, results/frontier.png and curves.png. PROTOCOL=paper runs the paper grid (hand it to a
 # cluster: ARGS="--launcher slurm").
 PROTOCOL ?= cpu-small
 RESULTS ?= results
