@@ -254,6 +254,24 @@ def test_debug_smoke_limits():
     assert (cfg.eval.max_queries, cfg.eval.max_docs) == (50, 1000)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "posthoc"),
+    [
+        ((), (0.5, 0.2)),  # the default: averaged with the start, pruned
+        (("experiment=l0_mask",), (0.5, 0.2)),  # the table's default row
+        (("posthoc=none",), (0.0, 0.0)),
+        (("experiment=no_reg",), (0.0, 0.0)),
+        (("experiment=l0_mask_log2_high_t50",), (0.0, 0.0)),  # through l0_mask_high_t50 -> l0_mask_high_t100
+        (("experiment=flops_baseline_high",), (0.0, 0.0)),
+        (("experiment=paper_l0_mask_log2",), (0.0, 0.0)),
+        (("experiment=no_reg", "posthoc.prune_ratio=0.3"), (0.0, 0.3)),
+    ],
+)
+def test_posthoc_default_and_the_rows_exported_as_trained(overrides, posthoc):
+    cfg = compose_train(*overrides)
+    assert (cfg.posthoc.start_weight, cfg.posthoc.prune_ratio) == posthoc
+
+
 @pytest.mark.parametrize("experiment", ["paper_l0_mask", "paper_l0_mask_log2", "paper_flops_baseline"])
 def test_paper_experiments_resolve_to_design_md(experiment):
     """DESIGN.md's paper-scale hyperparameters (the authors' released config)."""
