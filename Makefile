@@ -92,8 +92,8 @@ bench: $(STAMP)
 # The protocol's table and frontier: evaluates the reference rows that have no results yet (BM25; the teachers,
 # alone and as the ensemble training distils, the ceiling; the untrained student, as shipped and pruned post hoc,
 # the baseline training must beat), trains every row of sweeps/<protocol>.yaml that has none (a killed run
-# resumes), then writes results/table.md, results/frontier.png and curves.png. PROTOCOL=paper runs the paper grid (hand it to a
-# cluster: ARGS="--launcher slurm").
+# resumes), then writes results/table.md, results/frontier.png and curves.png. PROTOCOL=paper runs the paper grid
+# (hand it to a cluster: ARGS="--launcher slurm").
 PROTOCOL ?= cpu-small
 RESULTS ?= results
 REPORT_DATASETS = $(if $(filter paper,$(PROTOCOL)),$(BEIR13),scifact,nfcorpus)
@@ -101,8 +101,7 @@ BEIR13 = trec-covid,nfcorpus,nq,hotpotqa,fiqa,arguana,webis-touche2020,dbpedia-e
 REFS = $(RESULTS)/runs/reference-$(PROTOCOL)
 # The reference teachers read 256 tokens, MiniLM's usual length (the training default reads 128: conf/data/cpu_small.yaml).
 MINILM = {kind:bi_encoder,name:minilm,model:sentence-transformers/all-MiniLM-L6-v2,pooling:mean,similarity:cos,max_length:256}
-BM25 = {kind:bm25,name:bm25}
-comma = ,
+ENSEMBLE = {kind:bm25,name:bm25},$(MINILM)
 PRUNE_RATIOS = 0.2 0.4 0.6
 EVAL = $(PY) -m src.evaluate datasets=[$(REPORT_DATASETS)]
 # $(call reference,NAME,ARGS): evaluates a reference row into $(REFS)/NAME unless it has results (all of them take
@@ -112,7 +111,7 @@ reproduce-table: $(STAMP)
 	@test -f sweeps/$(subst -,_,$(PROTOCOL)).yaml || { echo "PROTOCOL=$(PROTOCOL): no sweeps/$(subst -,_,$(PROTOCOL)).yaml"; exit 2; }
 	$(call reference,bm25,mode=bm25)
 	$(call reference,minilm,mode=teachers 'teachers=[$(MINILM)]')
-	$(call reference,teachers,mode=teachers 'teachers=[$(BM25)$(comma)$(MINILM)]')
+	$(call reference,teachers,mode=teachers 'teachers=[$(ENSEMBLE)]')
 	$(call reference,splade-tiny,)
 	$(foreach r,$(PRUNE_RATIOS),$(call reference,splade-tiny-pruned-$(r),prune_ratio=$(r)) && ) true
 	$(PY) -m src.sweep sweeps/$(subst -,_,$(PROTOCOL)).yaml --out $(RESULTS)/runs $(ARGS)
